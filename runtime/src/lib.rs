@@ -1,0 +1,4 @@
+//! bnc's runtime: weights (safetensors), datasets, the executor and the training loop.
+
+pub mod data;
+pub mod weights;
