@@ -2,7 +2,12 @@
 //! interpreter and Cranelift code generation. It knows nothing of datasets, epochs or
 //! optimizers; `bnc-runtime` builds on it.
 
+#[cfg(feature = "codegen")]
 pub mod codegen;
+pub mod ir;
+pub mod passes;
+pub mod suggest;
 pub mod tensor;
+pub mod text;
 
 pub use tensor::{DType, Tensor, TensorData};
