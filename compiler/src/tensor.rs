@@ -163,6 +163,9 @@ mod tests {
         assert!(Tensor::new(vec![2, 3], vec![0.0; 6]).is_some());
         assert!(Tensor::new(vec![2, 3], vec![0.0; 5]).is_none());
         assert_eq!(Tensor::scalar(1.5).len(), 1);
-        assert_eq!(Tensor::new_i32(vec![2], vec![1, 2]).unwrap().dtype(), DType::I32);
+        assert_eq!(
+            Tensor::new_i32(vec![2], vec![1, 2]).unwrap().dtype(),
+            DType::I32
+        );
     }
 }
