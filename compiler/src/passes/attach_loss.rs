@@ -10,7 +10,7 @@
 //!          output loss, fc3
 //! ```
 
-use super::{Mode, Pass, PassError, infer_shapes};
+use super::{Mode, Pass, PassContext, PassError, infer_shapes};
 use crate::DType;
 use crate::ir::{Dim, Graph, Node, NodeKind, Op, Span, TensorType};
 
@@ -32,12 +32,12 @@ impl Pass for AttachLoss {
         "attach-loss"
     }
 
-    fn run(&mut self, g: &mut Graph, mode: Mode) -> Result<bool, PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError> {
         let has_loss = g
             .outputs()
             .iter()
             .any(|&o| matches!(g.node(o).op(), Some(Op::SoftmaxCrossEntropy)));
-        if mode != Mode::Train || has_loss || g.outputs().len() != 1 {
+        if cx.mode != Mode::Train || has_loss || g.outputs().len() != 1 {
             return Ok(false);
         }
         let logits = g.outputs()[0];

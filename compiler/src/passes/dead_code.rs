@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use super::{Mode, Pass, PassError};
+use super::{Pass, PassContext, PassError};
 use crate::ir::{Graph, NodeKind};
 
 /// The `dce` pass.
@@ -22,7 +22,7 @@ impl Pass for DeadCodeElimination {
         "dce"
     }
 
-    fn run(&mut self, g: &mut Graph, _mode: Mode) -> Result<bool, PassError> {
+    fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
         let mut live = HashSet::new();
         let mut stack: Vec<_> = g.outputs().to_vec();
         while let Some(id) = stack.pop() {

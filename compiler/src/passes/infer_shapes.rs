@@ -9,7 +9,7 @@
 //!          bn1 = batch_norm(conv1, bn1.weight, ..., running_var=biased): f32[N,6,24,24]
 //! ```
 
-use super::{Mode, Pass, PassError};
+use super::{Pass, PassContext, PassError};
 use crate::ir::{Graph, NodeKind, ShapeError, ShapeErrorKind, shape};
 
 /// The `infer-shapes` pass.
@@ -20,7 +20,7 @@ impl Pass for InferShapes {
         "infer-shapes"
     }
 
-    fn run(&mut self, g: &mut Graph, _mode: Mode) -> Result<bool, PassError> {
+    fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
         Ok(infer_shapes(g)?)
     }
 }

@@ -8,7 +8,7 @@
 //! after:   bn1 = batch_norm_infer(conv1, ...)      # --mode infer
 //! ```
 
-use super::{Mode, Pass, PassError};
+use super::{Mode, Pass, PassContext, PassError};
 use crate::ir::{Graph, NodeKind, Op};
 
 /// The `lower-batch-norm` pass.
@@ -19,12 +19,12 @@ impl Pass for LowerBatchNorm {
         "lower-batch-norm"
     }
 
-    fn run(&mut self, g: &mut Graph, mode: Mode) -> Result<bool, PassError> {
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError> {
         let mut changed = false;
         for id in g.node_ids() {
             if let NodeKind::Op(Op::BatchNorm(a)) = &g.node(id).kind {
                 let a = a.clone();
-                g.node_mut(id).kind = NodeKind::Op(match mode {
+                g.node_mut(id).kind = NodeKind::Op(match cx.mode {
                     Mode::Infer => Op::BatchNormInfer(a),
                     Mode::Train => Op::BatchNormTrain(a),
                 });

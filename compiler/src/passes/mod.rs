@@ -45,7 +45,26 @@ pub trait Pass {
     /// The registry name (`dce`).
     fn name(&self) -> &'static str;
     /// Rewrites the graph; returns whether anything changed.
-    fn run(&mut self, g: &mut Graph, mode: Mode) -> Result<bool, PassError>;
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError>;
+}
+
+/// What a pass may read and report besides the graph: the mode, and remarks that explain
+/// its decisions (`bnc compile --explain` prints them; passes themselves never print).
+#[derive(Clone, Debug)]
+pub struct PassContext {
+    /// The mode being compiled for.
+    pub mode: Mode,
+    /// Remarks of the pass that is running.
+    pub remarks: Vec<Remark>,
+}
+
+/// One explained decision of a pass, about one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remark {
+    /// The node the decision is about.
+    pub node: String,
+    /// The decision and its reason, as a lowercase sentence without a trailing period.
+    pub message: String,
 }
 
 /// Why compilation stopped.
@@ -144,7 +163,7 @@ impl Pass for VerifyPass {
         "verify"
     }
 
-    fn run(&mut self, g: &mut Graph, _mode: Mode) -> Result<bool, PassError> {
+    fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
         verify(g, is_typed(g)).map_err(PassError::Invalid)?;
         Ok(false)
     }
@@ -180,6 +199,8 @@ pub struct Step {
     pub elapsed: Duration,
     /// The IR after it, when asked for.
     pub ir: Option<String>,
+    /// The decisions it explained.
+    pub remarks: Vec<Remark>,
 }
 
 /// Runs a sequence of passes with verification after each.
@@ -222,7 +243,8 @@ impl PassManager {
         let mut steps = Vec::new();
         for pass in &mut self.passes {
             let start = Instant::now();
-            let changed = pass.run(g, mode)?;
+            let mut cx = PassContext { mode, remarks: Vec::new() };
+            let changed = pass.run(g, &mut cx)?;
             let elapsed = start.elapsed();
             let name = pass.name();
             if let Err(error) = verify(g, is_typed(g)) {
@@ -244,6 +266,7 @@ impl PassManager {
                 changed,
                 elapsed,
                 ir: dump.then(|| crate::text::print(g)),
+                remarks: cx.remarks,
             });
         }
         Ok(steps)
