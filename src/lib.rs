@@ -101,11 +101,11 @@ impl From<PassError> for Error {
         match e {
             PassError::Shape(error) => Error::Shape {
                 file: String::new(),
-                error,
+                error: *error,
             },
             PassError::Invalid(error) => Error::Invalid {
                 file: String::new(),
-                error,
+                error: *error,
             },
             other => Error::Pass(other),
         }

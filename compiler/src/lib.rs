@@ -4,6 +4,7 @@
 
 #[cfg(feature = "codegen")]
 pub mod codegen;
+pub mod interp;
 pub mod ir;
 pub mod passes;
 pub mod suggest;

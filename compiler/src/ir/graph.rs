@@ -206,6 +206,12 @@ impl Graph {
 
     /// Replaces operand `slot` of `user` with `new`.
     pub fn set_operand(&mut self, user: NodeId, slot: u32, new: NodeId) {
+        self.remove_edge_at(user, slot);
+        self.connect(new, user, slot);
+    }
+
+    /// Removes operand `slot` of `user` (for rewrites that shrink an op's operand list).
+    pub fn remove_edge_at(&mut self, user: NodeId, slot: u32) {
         let edge = self
             .g
             .edges_directed(user.index(), Direction::Incoming)
@@ -214,7 +220,6 @@ impl Graph {
         if let Some(e) = edge {
             self.g.remove_edge(e);
         }
-        self.connect(new, user, slot);
     }
 
     /// Removes a node and its edges. The caller makes sure nothing uses it any more.

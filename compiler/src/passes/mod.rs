@@ -72,7 +72,7 @@ pub struct Remark {
 pub enum PassError {
     /// The model's shapes do not fit together: a user error with a location.
     #[error(transparent)]
-    Shape(#[from] ShapeError),
+    Shape(Box<ShapeError>),
     /// A pass name that is not registered.
     #[error("unknown pass `{name}`{}", suggestion.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
     UnknownPass {
@@ -88,13 +88,19 @@ pub enum PassError {
         /// The pass that broke the graph.
         pass: &'static str,
         /// The failure.
-        error: VerifyError,
+        error: Box<VerifyError>,
         /// The IR after the pass, with the bad node marked.
         ir: String,
     },
     /// The verifier failed on the graph as given (before any pass).
     #[error(transparent)]
-    Invalid(VerifyError),
+    Invalid(Box<VerifyError>),
+}
+
+impl From<ShapeError> for PassError {
+    fn from(e: ShapeError) -> PassError {
+        PassError::Shape(Box::new(e))
+    }
 }
 
 /// One row of the registry.
@@ -164,7 +170,7 @@ impl Pass for VerifyPass {
     }
 
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
-        verify(g, is_typed(g)).map_err(PassError::Invalid)?;
+        verify(g, is_typed(g)).map_err(|e| PassError::Invalid(Box::new(e)))?;
         Ok(false)
     }
 }
@@ -239,7 +245,7 @@ impl PassManager {
     /// Runs the passes in order. The graph is verified before the first pass and after
     /// each; a failure after a pass names the pass and marks the node.
     pub fn run(&mut self, g: &mut Graph, mode: Mode) -> Result<Vec<Step>, PassError> {
-        verify(g, is_typed(g)).map_err(PassError::Invalid)?;
+        verify(g, is_typed(g)).map_err(|e| PassError::Invalid(Box::new(e)))?;
         let mut steps = Vec::new();
         for pass in &mut self.passes {
             let start = Instant::now();
@@ -252,7 +258,7 @@ impl PassManager {
                 return Err(PassError::Verify {
                     pass: name,
                     ir: print_marked(g, mark),
-                    error,
+                    error: Box::new(error),
                 });
             }
             let dump = match &self.print_after {
