@@ -15,6 +15,7 @@
 //! ```
 
 mod batch_norm;
+mod fold;
 mod init;
 mod ops;
 mod rng;
@@ -252,6 +253,11 @@ impl<'g> Interpreter<'g> {
             Op::Add => ops::add(x[0], x[1]),
             Op::Softmax => ops::softmax(x[0]),
             Op::SoftmaxCrossEntropy => ops::softmax_cross_entropy(x[0], x[1])?,
+            Op::ScaleShift => fold::scale_shift(x[0], x[1], x[2]),
+            Op::BnScale { eps } => fold::bn_scale(x[0], x[1], *eps),
+            Op::BnShift { eps } => fold::bn_shift(x[0], x[1], x[2], x[3], *eps),
+            Op::ChannelScale => fold::channel_scale(x[0], x[1]),
+            Op::ChannelAffine => fold::channel_affine(x[0], x[1], x[2]),
         })
     }
 }

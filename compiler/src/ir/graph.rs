@@ -286,6 +286,16 @@ impl Graph {
         }
     }
 
+    /// Whether a node's value depends on parameters only (no input): such values are
+    /// computed once when weights are bound, not per batch.
+    pub fn is_param_only(&self, id: NodeId) -> bool {
+        match self.node(id).kind {
+            NodeKind::Param => true,
+            NodeKind::Input => false,
+            NodeKind::Op(_) => self.operands(id).into_iter().all(|o| self.is_param_only(o)),
+        }
+    }
+
     /// The number of live nodes.
     pub fn len(&self) -> usize {
         self.g.node_count()

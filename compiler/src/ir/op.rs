@@ -105,6 +105,24 @@ pub enum Op {
     Softmax,
     /// Mean softmax cross-entropy of logits `[N, K]` against `i32` labels `[N]`.
     SoftmaxCrossEntropy,
+    /// Per-channel `x·scale[c] + shift[c]` over axis 1: an inference BatchNorm that was
+    /// not folded (operands: x, scale, shift).
+    ScaleShift,
+    /// Parameter-only: `γ/√(var+ε)` per channel (operands: γ, running_var).
+    BnScale {
+        /// The BatchNorm's ε.
+        eps: f64,
+    },
+    /// Parameter-only: `β − mean·γ/√(var+ε)` per channel (operands: γ, β, running_mean,
+    /// running_var).
+    BnShift {
+        /// The BatchNorm's ε.
+        eps: f64,
+    },
+    /// Parameter-only: `w[o, ...]·s[o]`, scaling a weight per output channel (axis 0).
+    ChannelScale,
+    /// Parameter-only: `b·s + t` per channel.
+    ChannelAffine,
 }
 
 /// The kind of an op, without attributes: the key of the op table.
@@ -138,6 +156,16 @@ pub enum OpKind {
     Softmax,
     /// See [`Op::SoftmaxCrossEntropy`].
     SoftmaxCrossEntropy,
+    /// See [`Op::ScaleShift`].
+    ScaleShift,
+    /// See [`Op::BnScale`].
+    BnScale,
+    /// See [`Op::BnShift`].
+    BnShift,
+    /// See [`Op::ChannelScale`].
+    ChannelScale,
+    /// See [`Op::ChannelAffine`].
+    ChannelAffine,
 }
 
 /// One row of the op table.
@@ -260,6 +288,41 @@ pub const OPS: &[OpInfo] = &[
         attrs: &[],
         summary: "mean softmax cross-entropy of logits [N,K] against i32 labels [N]",
     },
+    OpInfo {
+        kind: OpKind::ScaleShift,
+        name: "scale_shift",
+        data_arity: 3,
+        attrs: &[],
+        summary: "per-channel x*scale[c] + shift[c] over axis 1 (an unfolded inference BatchNorm)",
+    },
+    OpInfo {
+        kind: OpKind::BnScale,
+        name: "bn_scale",
+        data_arity: 2,
+        attrs: &["eps"],
+        summary: "parameter-only: gamma/sqrt(var+eps) per channel",
+    },
+    OpInfo {
+        kind: OpKind::BnShift,
+        name: "bn_shift",
+        data_arity: 4,
+        attrs: &["eps"],
+        summary: "parameter-only: beta - mean*gamma/sqrt(var+eps) per channel",
+    },
+    OpInfo {
+        kind: OpKind::ChannelScale,
+        name: "channel_scale",
+        data_arity: 2,
+        attrs: &[],
+        summary: "parameter-only: w[o,...]*s[o], a weight scaled per output channel",
+    },
+    OpInfo {
+        kind: OpKind::ChannelAffine,
+        name: "channel_affine",
+        data_arity: 3,
+        attrs: &[],
+        summary: "parameter-only: b*s + t per channel",
+    },
 ];
 
 impl OpKind {
@@ -293,6 +356,11 @@ impl Op {
             Op::Add => OpKind::Add,
             Op::Softmax => OpKind::Softmax,
             Op::SoftmaxCrossEntropy => OpKind::SoftmaxCrossEntropy,
+            Op::ScaleShift => OpKind::ScaleShift,
+            Op::BnScale { .. } => OpKind::BnScale,
+            Op::BnShift { .. } => OpKind::BnShift,
+            Op::ChannelScale => OpKind::ChannelScale,
+            Op::ChannelAffine => OpKind::ChannelAffine,
         }
     }
 
@@ -351,6 +419,7 @@ impl Op {
                 ("momentum", format!("{:?}", a.momentum)),
                 ("running_var", a.running_var.to_string()),
             ],
+            Op::BnScale { eps } | Op::BnShift { eps } => vec![("eps", format!("{eps:?}"))],
             Op::AvgPool2d(a) | Op::MaxPool2d(a) => {
                 let mut v = vec![
                     ("kernel", pair(a.kernel)),
@@ -390,6 +459,6 @@ mod tests {
                 assert_ne!(a.name, b.name);
             }
         }
-        assert_eq!(OPS.len(), 14);
+        assert_eq!(OPS.len(), 19);
     }
 }

@@ -5,6 +5,7 @@
 
 mod attach_loss;
 mod dead_code;
+mod fold_batch_norm;
 mod infer_shapes;
 mod lower_batch_norm;
 
@@ -14,6 +15,7 @@ use thiserror::Error;
 
 pub use attach_loss::AttachLoss;
 pub use dead_code::DeadCodeElimination;
+pub use fold_batch_norm::FoldBatchNorm;
 pub use infer_shapes::{InferShapes, infer_shapes};
 pub use lower_batch_norm::LowerBatchNorm;
 
@@ -136,6 +138,16 @@ pub const REGISTRY: &[PassInfo] = &[
         make: || Box::new(AttachLoss),
     },
     PassInfo {
+        name: "fold-bn",
+        summary: "infer mode: fold batch_norm_infer into the preceding conv2d/dense, else make it a scale_shift",
+        make: || Box::new(FoldBatchNorm { fold: true }),
+    },
+    PassInfo {
+        name: "bn-scale-shift",
+        summary: "infer mode: turn every batch_norm_infer into a scale_shift without folding (--no-fold)",
+        make: || Box::new(FoldBatchNorm { fold: false }),
+    },
+    PassInfo {
         name: "dce",
         summary: "remove nodes and parameters that no output depends on",
         make: || Box::new(DeadCodeElimination),
@@ -145,8 +157,17 @@ pub const REGISTRY: &[PassInfo] = &[
 /// The default pipeline for a mode.
 pub fn default_pipeline(mode: Mode) -> &'static [&'static str] {
     match mode {
-        Mode::Infer => &["infer-shapes", "lower-batch-norm", "dce"],
+        Mode::Infer => inference_pipeline(true),
         Mode::Train => &["infer-shapes", "lower-batch-norm", "attach-loss", "dce"],
+    }
+}
+
+/// The inference pipeline, with or without folding BatchNorm into its producer.
+pub fn inference_pipeline(fold: bool) -> &'static [&'static str] {
+    if fold {
+        &["infer-shapes", "lower-batch-norm", "fold-bn", "dce"]
+    } else {
+        &["infer-shapes", "lower-batch-norm", "bn-scale-shift", "dce"]
     }
 }
 

@@ -508,6 +508,11 @@ fn build_op(s: &OpStmt) -> R<Op> {
         OpKind::Add => Op::Add,
         OpKind::Softmax => Op::Softmax,
         OpKind::SoftmaxCrossEntropy => Op::SoftmaxCrossEntropy,
+        OpKind::ScaleShift => Op::ScaleShift,
+        OpKind::BnScale => Op::BnScale { eps: bn()?.eps },
+        OpKind::BnShift => Op::BnShift { eps: bn()?.eps },
+        OpKind::ChannelScale => Op::ChannelScale,
+        OpKind::ChannelAffine => Op::ChannelAffine,
     })
 }
 

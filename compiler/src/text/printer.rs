@@ -14,56 +14,61 @@ pub fn print(g: &Graph) -> String {
 
 /// Prints the canonical form with `mark` flagged by a trailing comment (verifier dumps).
 pub fn print_marked(g: &Graph, mark: Option<NodeId>) -> String {
-    let mut out = String::new();
+    let mut p = Printer { g, mark, out: String::new(), done: HashSet::new() };
     let order = g.topo_order().unwrap_or_else(|_| g.node_ids());
-    let mut declared: HashSet<NodeId> = HashSet::new();
-    let ty = |id: NodeId| {
-        g.node(id)
-            .ty
-            .as_ref()
-            .map(|t| format!(": {t}"))
-            .unwrap_or_default()
-    };
-    let flag = |id: NodeId| if Some(id) == mark { "  # <-- here" } else { "" };
     for &id in &order {
         if matches!(g.node(id).kind, NodeKind::Input) {
-            let _ = writeln!(out, "input {}{}{}", g.node(id).name, ty(id), flag(id));
+            p.emit(id);
         }
     }
+    // Parameter-only values are declared just before their first use, so that a folded
+    // weight reads next to the op that uses it.
     for &id in &order {
-        let node = g.node(id);
-        let NodeKind::Op(op) = &node.kind else {
-            continue;
-        };
+        if !g.is_param_only(id) {
+            p.emit(id);
+        }
+    }
+    // Whatever nothing uses is still part of the graph until dead-code elimination.
+    for &id in &order {
+        p.emit(id);
+    }
+    let outs: Vec<&str> = g.outputs().iter().map(|&o| g.node(o).name.as_str()).collect();
+    let _ = writeln!(p.out, "output {}", outs.join(", "));
+    p.out
+}
+
+struct Printer<'g> {
+    g: &'g Graph,
+    mark: Option<NodeId>,
+    out: String,
+    done: HashSet<NodeId>,
+}
+
+impl Printer<'_> {
+    /// Prints `id` after every parameter-only operand it has that is not printed yet.
+    fn emit(&mut self, id: NodeId) {
+        if self.done.contains(&id) {
+            return;
+        }
+        let g = self.g;
         let operands = g.operands(id);
         for &o in &operands {
-            if matches!(g.node(o).kind, NodeKind::Param) && declared.insert(o) {
-                let _ = writeln!(out, "param {}{}{}", g.node(o).name, ty(o), flag(o));
+            if g.is_param_only(o) {
+                self.emit(o);
             }
         }
-        let mut args: Vec<String> = operands.iter().map(|&o| g.node(o).name.clone()).collect();
-        args.extend(op.attrs().into_iter().map(|(k, v)| format!("{k}={v}")));
-        let _ = writeln!(
-            out,
-            "{} = {}({}){}{}",
-            node.name,
-            op.name(),
-            args.join(", "),
-            ty(id),
-            flag(id)
-        );
+        self.done.insert(id);
+        let node = g.node(id);
+        let ty = node.ty.as_ref().map(|t| format!(": {t}")).unwrap_or_default();
+        let flag = if Some(id) == self.mark { "  # <-- here" } else { "" };
+        let _ = match &node.kind {
+            NodeKind::Input => writeln!(self.out, "input {}{ty}{flag}", node.name),
+            NodeKind::Param => writeln!(self.out, "param {}{ty}{flag}", node.name),
+            NodeKind::Op(op) => {
+                let mut args: Vec<String> = operands.iter().map(|&o| g.node(o).name.clone()).collect();
+                args.extend(op.attrs().into_iter().map(|(k, v)| format!("{k}={v}")));
+                writeln!(self.out, "{} = {}({}){ty}{flag}", node.name, op.name(), args.join(", "))
+            }
+        };
     }
-    // Parameters nothing uses are still part of the graph until dead-code elimination.
-    for &id in &order {
-        if matches!(g.node(id).kind, NodeKind::Param) && !declared.contains(&id) {
-            let _ = writeln!(out, "param {}{}{}", g.node(id).name, ty(id), flag(id));
-        }
-    }
-    let outs: Vec<&str> = g
-        .outputs()
-        .iter()
-        .map(|&o| g.node(o).name.as_str())
-        .collect();
-    let _ = writeln!(out, "output {}", outs.join(", "));
-    out
 }

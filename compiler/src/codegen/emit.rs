@@ -1,0 +1,666 @@
+//! The one Cranelift emitter for the loop IR of [`super::loop_ir`]. It walks the statement
+//! tree once, keeping an environment from index variables to constants (inside unrolled
+//! loops), Cranelift variables (loop counters) or SSA values (`Let` bindings).
+//!
+//! Kernels are compiled with `opt_level=none` because Cranelift's optimizer reschedules the
+//! register-blocked inner loops into spills, so the emitter does the few optimizations that
+//! matter itself: index expressions are folded to an affine form whose constant part becomes
+//! the load's immediate offset, and the variable part of every address is computed once per
+//! loop body (a scoped cache) rather than once per load. Inside `Vector` loops it picks
+//! broadcast, vector load, guarded vector load (a fast unguarded path plus a per-lane slow
+//! path), or per-lane gather from the lane stride of each index expression.
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    BlockArg, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value, types,
+};
+use cranelift_frontend::{FunctionBuilder, Variable};
+
+use super::CodegenError;
+use super::loop_ir::{
+    BinOp, Buf, Guard, IVar, Idx, Kernel, LoopKind, N_BEGIN, N_END, Reg, Stmt, Val,
+};
+use super::math;
+
+/// Lanes of the only vector type Cranelift 0.135 offers on x64 (`F32X4`).
+const LANES: i64 = 4;
+
+/// What an index variable stands for at the current emission point.
+#[derive(Clone, Copy)]
+enum Bind {
+    /// A constant, inside an unrolled loop.
+    Const(i64),
+    /// A loop counter; `stride` is its per-lane increment (1 for the vector loop's counter).
+    Var {
+        var: Variable,
+        key: u32,
+        stride: i64,
+    },
+    /// A `Let` value or argument; `stride` is `None` if it depends non-affinely on lanes.
+    Val {
+        val: Value,
+        key: u32,
+        stride: Option<i64>,
+    },
+}
+
+/// `Σ coef * value + c`; terms are sorted by binding key, which identifies the value.
+struct Affine {
+    terms: Vec<(u32, Value, i64)>,
+    c: i64,
+}
+
+type AddrKey = (Buf, Vec<(u32, i64)>);
+
+/// Emits `kernel` into the function of `b`, whose signature is `(ptr, i64, i64)`.
+pub(crate) fn emit_kernel(kernel: &Kernel, b: &mut FunctionBuilder) -> Result<(), CodegenError> {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let args = b.block_params(entry).to_vec();
+    // The buffer table is read once at entry; these values dominate the whole body.
+    let mut bases = Vec::new();
+    for i in 0..kernel.params {
+        bases.push(
+            b.ins()
+                .load(types::I64, MemFlagsData::trusted(), args[0], (8 * i) as i32),
+        );
+    }
+    let mut locals = Vec::new();
+    for &len in &kernel.locals {
+        let data = StackSlotData::new(StackSlotKind::ExplicitSlot, (4 * len) as u32, 4);
+        let slot = b.create_sized_stack_slot(data);
+        locals.push(b.ins().stack_addr(types::I64, slot, 0));
+    }
+    let mut em = Emitter {
+        b,
+        name: &kernel.name,
+        bases,
+        locals,
+        env: HashMap::new(),
+        vec: false,
+        regs: HashMap::new(),
+        reg_width: HashMap::new(),
+        cache: vec![HashMap::new()],
+        next_key: 0,
+    };
+    for (var, val) in [(N_BEGIN, args[1]), (N_END, args[2])] {
+        let key = em.fresh_key();
+        em.env.insert(
+            var,
+            Bind::Val {
+                val,
+                key,
+                stride: Some(0),
+            },
+        );
+    }
+    em.stmts(&kernel.body)?;
+    em.b.ins().return_(&[]);
+    em.b.seal_all_blocks();
+    Ok(())
+}
+
+struct Emitter<'a, 'f> {
+    b: &'a mut FunctionBuilder<'f>,
+    name: &'a str,
+    bases: Vec<Value>,
+    locals: Vec<Value>,
+    env: HashMap<IVar, Bind>,
+    /// Whether we are inside a `Vector` loop, i.e. float values are `F32X4`.
+    vec: bool,
+    regs: HashMap<(u32, i64, bool), Variable>,
+    /// The width (vector or not) at which each register was last assigned.
+    reg_width: HashMap<(u32, i64), bool>,
+    /// Scoped cache of address bases; a scope is pushed for every block region so a cached
+    /// value always dominates its later uses.
+    cache: Vec<HashMap<AddrKey, Value>>,
+    next_key: u32,
+}
+
+/// Memory accesses never trap (kernels are only entered with full-size buffers) but are not
+/// assumed aligned, since lane groups start at arbitrary elements.
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+impl Emitter<'_, '_> {
+    fn bad(&self, reason: &'static str) -> CodegenError {
+        CodegenError::MalformedLoopIr {
+            kernel: self.name.to_string(),
+            reason,
+        }
+    }
+
+    fn fresh_key(&mut self) -> u32 {
+        self.next_key += 1;
+        self.next_key
+    }
+
+    fn fty(&self) -> Type {
+        if self.vec { types::F32X4 } else { types::F32 }
+    }
+
+    fn bind(&self, v: IVar) -> Result<Bind, CodegenError> {
+        self.env
+            .get(&v)
+            .copied()
+            .ok_or_else(|| self.bad("use of an unbound index variable"))
+    }
+
+    fn stmts(&mut self, body: &[Stmt]) -> Result<(), CodegenError> {
+        body.iter().try_for_each(|s| self.stmt(s))
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Result<(), CodegenError> {
+        match s {
+            Stmt::Loop {
+                var,
+                lo,
+                hi,
+                step,
+                kind,
+                body,
+            } => self.lp(*var, lo, hi, *step, *kind, body),
+            Stmt::Let { var, idx } => {
+                let val = self.idx_value(idx, 0)?;
+                let stride = self.stride(idx)?;
+                let key = self.fresh_key();
+                self.env.insert(*var, Bind::Val { val, key, stride });
+                Ok(())
+            }
+            Stmt::Set { reg, val } => {
+                let x = self.val(val)?;
+                let elem = self.const_of(&reg.elem)?;
+                let ty = self.fty();
+                let wide = self.vec;
+                let var = match self.regs.get(&(reg.id, elem, wide)) {
+                    Some(&v) => v,
+                    None => {
+                        let v = self.b.declare_var(ty);
+                        self.regs.insert((reg.id, elem, wide), v);
+                        v
+                    }
+                };
+                self.b.def_var(var, x);
+                self.reg_width.insert((reg.id, elem), wide);
+                Ok(())
+            }
+            Stmt::Store { buf, idx, val } => {
+                let x = self.val(val)?;
+                if self.vec && self.stride(idx)? != Some(1) {
+                    // A scatter: lanes do not land on consecutive floats.
+                    for j in 0..LANES {
+                        let e = self.b.ins().extractlane(x, j as u8);
+                        let (p, off) = self.addr(*buf, idx, j)?;
+                        self.b.ins().store(flags(), e, p, off);
+                    }
+                } else {
+                    let (p, off) = self.addr(*buf, idx, 0)?;
+                    self.b.ins().store(flags(), x, p, off);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn lp(
+        &mut self,
+        var: IVar,
+        lo: &Idx,
+        hi: &Idx,
+        step: i64,
+        kind: LoopKind,
+        body: &[Stmt],
+    ) -> Result<(), CodegenError> {
+        if step <= 0 {
+            return Err(self.bad("loop step must be positive"));
+        }
+        let saved = self.env.get(&var).copied();
+        if kind == LoopKind::Unroll {
+            let (lo, hi) = (self.const_of(lo)?, self.const_of(hi)?);
+            let mut i = lo;
+            while i < hi {
+                self.env.insert(var, Bind::Const(i));
+                self.stmts(body)?;
+                i += step;
+            }
+        } else {
+            let vector = kind == LoopKind::Vector;
+            if vector && (self.vec || step % LANES != 0) {
+                return Err(self.bad("vector loops must not nest and must step by whole vectors"));
+            }
+            let lo_v = self.idx_value(lo, 0)?;
+            let hi_v = self.idx_value(hi, 0)?;
+            let counter = self.b.declare_var(types::I64);
+            self.b.def_var(counter, lo_v);
+            let header = self.b.create_block();
+            let body_block = self.b.create_block();
+            let exit = self.b.create_block();
+            self.b.ins().jump(header, &[]);
+            self.b.switch_to_block(header);
+            let i = self.b.use_var(counter);
+            let more = self.b.ins().icmp(IntCC::SignedLessThan, i, hi_v);
+            self.b.ins().brif(more, body_block, &[], exit, &[]);
+            self.b.switch_to_block(body_block);
+            let key = self.fresh_key();
+            self.env.insert(
+                var,
+                Bind::Var {
+                    var: counter,
+                    key,
+                    stride: i64::from(vector),
+                },
+            );
+            let outer_vec = self.vec;
+            self.vec |= vector;
+            self.cache.push(HashMap::new());
+            self.stmts(body)?;
+            self.cache.pop();
+            self.vec = outer_vec;
+            let i = self.b.use_var(counter);
+            let next = self.b.ins().iadd_imm_s(i, step);
+            self.b.def_var(counter, next);
+            self.b.ins().jump(header, &[]);
+            self.b.switch_to_block(exit);
+        }
+        match saved {
+            Some(s) => self.env.insert(var, s),
+            None => self.env.remove(&var),
+        };
+        Ok(())
+    }
+
+    /// Folds `idx` (at lane `lane` of the vector loop) to an affine form, or `None` if it uses
+    /// `Min`/`Max`/`Div` of non-constant values.
+    fn affine(&mut self, idx: &Idx, lane: i64) -> Result<Option<Affine>, CodegenError> {
+        Ok(Some(match idx {
+            Idx::Const(c) => Affine {
+                terms: vec![],
+                c: *c,
+            },
+            Idx::Var(v) => match self.bind(*v)? {
+                Bind::Const(c) => Affine { terms: vec![], c },
+                Bind::Var { var, key, stride } => {
+                    let val = self.b.use_var(var);
+                    Affine {
+                        terms: vec![(key, val, 1)],
+                        c: lane * stride,
+                    }
+                }
+                Bind::Val { val, key, stride } => {
+                    let s = if lane == 0 {
+                        0
+                    } else {
+                        stride.ok_or_else(|| self.bad("lane-dependent non-affine let"))?
+                    };
+                    Affine {
+                        terms: vec![(key, val, 1)],
+                        c: lane * s,
+                    }
+                }
+            },
+            Idx::Add(a, b) => {
+                let (Some(a), Some(b)) = (self.affine(a, lane)?, self.affine(b, lane)?) else {
+                    return Ok(None);
+                };
+                let mut terms = a.terms;
+                for (k, v, c) in b.terms {
+                    match terms.iter_mut().find(|t| t.0 == k) {
+                        Some(t) => t.2 += c,
+                        None => terms.push((k, v, c)),
+                    }
+                }
+                terms.retain(|t| t.2 != 0);
+                terms.sort_by_key(|t| t.0);
+                Affine {
+                    terms,
+                    c: a.c + b.c,
+                }
+            }
+            Idx::Mul(a, k) => {
+                let Some(a) = self.affine(a, lane)? else {
+                    return Ok(None);
+                };
+                let terms = if *k == 0 {
+                    vec![]
+                } else {
+                    a.terms
+                        .into_iter()
+                        .map(|(key, v, c)| (key, v, c * k))
+                        .collect()
+                };
+                Affine { terms, c: a.c * k }
+            }
+            Idx::Div(a, k) => match self.affine(a, lane)? {
+                Some(a) if a.terms.is_empty() => Affine {
+                    terms: vec![],
+                    c: a.c.div_euclid(*k),
+                },
+                _ => return Ok(None),
+            },
+            Idx::Min(a, b) | Idx::Max(a, b) => {
+                let (a, b) = (self.affine(a, lane)?, self.affine(b, lane)?);
+                match (a, b) {
+                    (Some(a), Some(b)) if a.terms.is_empty() && b.terms.is_empty() => {
+                        let c = if matches!(idx, Idx::Min(..)) {
+                            a.c.min(b.c)
+                        } else {
+                            a.c.max(b.c)
+                        };
+                        Affine { terms: vec![], c }
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        }))
+    }
+
+    fn const_of(&mut self, idx: &Idx) -> Result<i64, CodegenError> {
+        match self.affine(idx, 0)? {
+            Some(a) if a.terms.is_empty() => Ok(a.c),
+            _ => Err(self.bad("expected a compile-time constant index")),
+        }
+    }
+
+    fn sum_terms(
+        &mut self,
+        terms: &[(u32, Value, i64)],
+        scale: i64,
+        init: Option<Value>,
+    ) -> Option<Value> {
+        let mut acc = init;
+        for &(_, v, c) in terms {
+            let t = if c * scale == 1 {
+                v
+            } else {
+                self.b.ins().imul_imm_s(v, c * scale)
+            };
+            acc = Some(match acc {
+                Some(a) => self.b.ins().iadd(a, t),
+                None => t,
+            });
+        }
+        acc
+    }
+
+    /// The value of `idx` at lane `lane` as an `i64`.
+    fn idx_value(&mut self, idx: &Idx, lane: i64) -> Result<Value, CodegenError> {
+        if let Some(a) = self.affine(idx, lane)? {
+            return Ok(match self.sum_terms(&a.terms, 1, None) {
+                Some(s) if a.c == 0 => s,
+                Some(s) => self.b.ins().iadd_imm_s(s, a.c),
+                None => self.b.ins().iconst(types::I64, a.c),
+            });
+        }
+        Ok(match idx {
+            Idx::Add(a, b) => {
+                let (a, b) = (self.idx_value(a, lane)?, self.idx_value(b, lane)?);
+                self.b.ins().iadd(a, b)
+            }
+            Idx::Mul(a, k) => {
+                let a = self.idx_value(a, lane)?;
+                self.b.ins().imul_imm_s(a, *k)
+            }
+            Idx::Div(a, k) => {
+                let a = self.idx_value(a, lane)?;
+                self.b.ins().sdiv_imm_s(a, *k)
+            }
+            Idx::Min(a, b) | Idx::Max(a, b) => {
+                let (x, y) = (self.idx_value(a, lane)?, self.idx_value(b, lane)?);
+                if matches!(idx, Idx::Min(..)) {
+                    self.b.ins().smin(x, y)
+                } else {
+                    self.b.ins().smax(x, y)
+                }
+            }
+            Idx::Const(_) | Idx::Var(_) => unreachable!("constants and variables are affine"),
+        })
+    }
+
+    /// How far `idx` moves from one lane to the next, if it moves by a constant.
+    fn stride(&self, idx: &Idx) -> Result<Option<i64>, CodegenError> {
+        Ok(match idx {
+            Idx::Const(_) => Some(0),
+            Idx::Var(v) => match self.bind(*v)? {
+                Bind::Const(_) => Some(0),
+                Bind::Var { stride, .. } => Some(stride),
+                Bind::Val { stride, .. } => stride,
+            },
+            Idx::Add(a, b) => self.stride(a)?.zip(self.stride(b)?).map(|(a, b)| a + b),
+            Idx::Mul(a, k) => self.stride(a)?.map(|s| s * k),
+            Idx::Div(a, _) => self.stride(a)?.filter(|&s| s == 0),
+            Idx::Min(a, b) | Idx::Max(a, b) => {
+                (self.stride(a)? == Some(0) && self.stride(b)? == Some(0)).then_some(0)
+            }
+        })
+    }
+
+    fn base(&self, buf: Buf) -> Value {
+        match buf {
+            Buf::Param(i) => self.bases[i as usize],
+            Buf::Local(i) => self.locals[i as usize],
+        }
+    }
+
+    /// The address of `buf[idx]` at lane `lane` as a pointer plus an immediate byte offset.
+    fn addr(&mut self, buf: Buf, idx: &Idx, lane: i64) -> Result<(Value, i32), CodegenError> {
+        let base = self.base(buf);
+        let Some(a) = self.affine(idx, lane)? else {
+            let i = self.idx_value(idx, lane)?;
+            let off = self.b.ins().imul_imm_s(i, 4);
+            return Ok((self.b.ins().iadd(base, off), 0));
+        };
+        let off = i32::try_from(4 * a.c).map_err(|_| self.bad("offset exceeds 32 bits"))?;
+        let key: AddrKey = (buf, a.terms.iter().map(|t| (t.0, t.2)).collect());
+        if let Some(&p) = self.cache.iter().rev().find_map(|scope| scope.get(&key)) {
+            return Ok((p, off));
+        }
+        let p = self.sum_terms(&a.terms, 4, Some(base)).unwrap_or(base);
+        self.cache
+            .last_mut()
+            .expect("the root scope is never popped")
+            .insert(key, p);
+        Ok((p, off))
+    }
+
+    /// The conjunction of `guards` at lane `lane`, or `None` when there are none.
+    fn guard_ok(&mut self, guards: &[Guard], lane: i64) -> Result<Option<Value>, CodegenError> {
+        let mut ok = None;
+        for g in guards {
+            let c = self.idx_value(&g.coord, lane)?;
+            let t = self.in_range(c, c, g);
+            ok = Some(match ok {
+                Some(o) => self.b.ins().band(o, t),
+                None => t,
+            });
+        }
+        Ok(ok)
+    }
+
+    fn in_range(&mut self, low: Value, high: Value, g: &Guard) -> Value {
+        let a = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, low, g.lo);
+        let b = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, high, g.hi);
+        self.b.ins().band(a, b)
+    }
+
+    /// One scalar element, reading nothing (and yielding 0) where a guard fails.
+    fn load_lane(
+        &mut self,
+        buf: Buf,
+        idx: &Idx,
+        guards: &[Guard],
+        lane: i64,
+    ) -> Result<Value, CodegenError> {
+        let (p, off) = self.addr(buf, idx, lane)?;
+        Ok(match self.guard_ok(guards, lane)? {
+            None => self.b.ins().load(types::F32, flags(), p, off),
+            Some(ok) => {
+                // Out-of-range lanes read the buffer's first element instead, then discard it.
+                let real = self.b.ins().iadd_imm_s(p, i64::from(off));
+                let base = self.base(buf);
+                let safe = self.b.ins().select(ok, real, base);
+                let x = self.b.ins().load(types::F32, flags(), safe, 0);
+                let zero = self.b.ins().f32const(0.0);
+                self.b.ins().select(ok, x, zero)
+            }
+        })
+    }
+
+    fn gather(&mut self, buf: Buf, idx: &Idx, guards: &[Guard]) -> Result<Value, CodegenError> {
+        let mut acc = math::fconst(self.b, types::F32X4, 0.0);
+        for j in 0..LANES {
+            let x = self.load_lane(buf, idx, guards, j)?;
+            acc = self.b.ins().insertlane(acc, x, j as u8);
+        }
+        Ok(acc)
+    }
+
+    fn load(&mut self, buf: Buf, idx: &Idx, guards: &[Guard]) -> Result<Value, CodegenError> {
+        if !self.vec {
+            return self.load_lane(buf, idx, guards, 0);
+        }
+        let s = self.stride(idx)?;
+        let gs = guards
+            .iter()
+            .map(|g| self.stride(&g.coord))
+            .collect::<Result<Vec<_>, _>>()?;
+        if s == Some(0) && gs.iter().all(|g| *g == Some(0)) {
+            let x = self.load_lane(buf, idx, guards, 0)?;
+            return Ok(self.b.ins().splat(types::F32X4, x));
+        }
+        if s != Some(1) || gs.iter().any(Option::is_none) {
+            return self.gather(buf, idx, guards);
+        }
+        if guards.is_empty() {
+            let (p, off) = self.addr(buf, idx, 0)?;
+            return Ok(self.b.ins().load(types::F32X4, flags(), p, off));
+        }
+        // Affine guards hold on all lanes iff they hold on the first and the last one.
+        let mut ok = None;
+        for (g, st) in guards.iter().zip(gs) {
+            let st = st.expect("checked above");
+            let first = self.idx_value(&g.coord, 0)?;
+            let last = self.b.ins().iadd_imm_s(first, (LANES - 1) * st);
+            let (low, high) = if st >= 0 {
+                (first, last)
+            } else {
+                (last, first)
+            };
+            let t = self.in_range(low, high, g);
+            ok = Some(match ok {
+                Some(o) => self.b.ins().band(o, t),
+                None => t,
+            });
+        }
+        let ok = ok.expect("guards are not empty");
+        let fast = self.b.create_block();
+        let slow = self.b.create_block();
+        let merge = self.b.create_block();
+        let result = self.b.append_block_param(merge, types::F32X4);
+        self.b.ins().brif(ok, fast, &[], slow, &[]);
+        for (block, gather) in [(fast, false), (slow, true)] {
+            self.b.switch_to_block(block);
+            self.cache.push(HashMap::new());
+            let x = if gather {
+                self.gather(buf, idx, guards)?
+            } else {
+                let (p, off) = self.addr(buf, idx, 0)?;
+                self.b.ins().load(types::F32X4, flags(), p, off)
+            };
+            self.cache.pop();
+            self.b.ins().jump(merge, &[BlockArg::Value(x)]);
+        }
+        self.b.switch_to_block(merge);
+        Ok(result)
+    }
+
+    fn val(&mut self, v: &Val) -> Result<Value, CodegenError> {
+        let ty = self.fty();
+        Ok(match v {
+            Val::Const(c) => math::fconst(self.b, ty, *c),
+            Val::Load { buf, idx, guards } => self.load(*buf, idx, guards)?,
+            Val::Get(Reg { id, elem }) => {
+                let elem = self.const_of(elem)?;
+                let wide = *self
+                    .reg_width
+                    .get(&(*id, elem))
+                    .ok_or_else(|| self.bad("read of an unset register"))?;
+                if wide && !self.vec {
+                    return Err(self.bad("vector register read outside its vector loop"));
+                }
+                let x = self.b.use_var(self.regs[&(*id, elem, wide)]);
+                if self.vec && !wide {
+                    self.b.ins().splat(types::F32X4, x)
+                } else {
+                    x
+                }
+            }
+            Val::Bin(op, a, b) => {
+                let (a, b) = (self.val(a)?, self.val(b)?);
+                match op {
+                    BinOp::Add => self.b.ins().fadd(a, b),
+                    BinOp::Sub => self.b.ins().fsub(a, b),
+                    BinOp::Mul => self.b.ins().fmul(a, b),
+                    BinOp::Div => self.b.ins().fdiv(a, b),
+                    BinOp::Max => math::max(self.b, a, b),
+                    BinOp::Min => math::min(self.b, a, b),
+                }
+            }
+            Val::Fma(a, b, c) => {
+                let (a, b, c) = (self.val(a)?, self.val(b)?, self.val(c)?);
+                self.b.ins().fma(a, b, c)
+            }
+            Val::Exp(x) => {
+                let x = self.val(x)?;
+                math::exp(self.b, x)
+            }
+            Val::FromIdx(idx) => {
+                if !self.vec || self.stride(idx)? == Some(0) {
+                    let i = self.idx_value(idx, 0)?;
+                    let x = self.b.ins().fcvt_from_sint(types::F32, i);
+                    if self.vec {
+                        self.b.ins().splat(types::F32X4, x)
+                    } else {
+                        x
+                    }
+                } else {
+                    let mut acc = math::fconst(self.b, types::F32X4, 0.0);
+                    for j in 0..LANES {
+                        let i = self.idx_value(idx, j)?;
+                        let x = self.b.ins().fcvt_from_sint(types::F32, i);
+                        acc = self.b.ins().insertlane(acc, x, j as u8);
+                    }
+                    acc
+                }
+            }
+            Val::Select { guards, a, b } => {
+                let (a, b) = (self.val(a)?, self.val(b)?);
+                if !self.vec {
+                    match self.guard_ok(guards, 0)? {
+                        Some(ok) => self.b.ins().select(ok, a, b),
+                        None => a,
+                    }
+                } else {
+                    let mut acc = b;
+                    for j in 0..LANES {
+                        if let Some(ok) = self.guard_ok(guards, j)? {
+                            let ea = self.b.ins().extractlane(a, j as u8);
+                            let eb = self.b.ins().extractlane(b, j as u8);
+                            let e = self.b.ins().select(ok, ea, eb);
+                            acc = self.b.ins().insertlane(acc, e, j as u8);
+                        } else {
+                            acc = a;
+                        }
+                    }
+                    acc
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,193 @@
+//! The memory-bound kernels in loop IR: per-channel scale/shift (an unfolded BatchNorm) with
+//! activation and optional pool, standalone pooling, elementwise activation and addition, and
+//! row softmax. Contiguous runs are vectorized two vectors per trip with a scalar tail.
+
+use super::{act, pool_plane};
+use crate::codegen::KernelSpec;
+use crate::codegen::loop_ir::{
+    BinOp, Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
+    split, v,
+};
+
+/// `out[base + i] = f(i)` for `i in 0..len`, vectorized with a scalar tail.
+fn map(
+    b: &mut KernelBuilder,
+    len: usize,
+    out: Buf,
+    base: Idx,
+    f: impl Fn(Idx) -> Val,
+) -> Vec<Stmt> {
+    split(
+        b,
+        0usize.into(),
+        len.into(),
+        &[8, 4, 1],
+        true,
+        |b, i, step| {
+            let u = b.var();
+            let at = v(i) + v(u) * 4usize;
+            let store = Stmt::Store {
+                buf: out,
+                idx: base.clone() + at.clone(),
+                val: f(at),
+            };
+            vec![for_(
+                u,
+                0usize,
+                (step / 4).max(1),
+                LoopKind::Unroll,
+                vec![store],
+            )]
+        },
+    )
+}
+
+/// Wraps `body(b, n)` in the loop over the batch range.
+fn per_image(
+    b: &mut KernelBuilder,
+    body: impl FnOnce(&mut KernelBuilder, IVar) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    let n = b.var();
+    let inner = body(b, n);
+    vec![for_(n, N_BEGIN, N_END, LoopKind::Serial, inner)]
+}
+
+/// Lowers the specs that are neither convolutions nor dense layers.
+pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
+    let mut b = KernelBuilder::new();
+    let x = Buf::Param(0);
+    let (name, params, body) = match *spec {
+        KernelSpec::Unary { len, act: a } => {
+            let body = per_image(&mut b, |b, n| {
+                map(b, len, Buf::Param(1), v(n) * len, |i| {
+                    act(Val::load(x, v(n) * len + i), a)
+                })
+            });
+            ("unary", 2, body)
+        }
+        KernelSpec::Add { len, act: a } => {
+            let body = per_image(&mut b, |b, n| {
+                map(b, len, Buf::Param(2), v(n) * len, |i| {
+                    let at = v(n) * len + i;
+                    act(Val::load(x, at.clone()) + Val::load(Buf::Param(1), at), a)
+                })
+            });
+            ("add", 3, body)
+        }
+        KernelSpec::ScaleShift {
+            c,
+            h,
+            w,
+            act: a,
+            pool,
+        } => {
+            let (scale, shift, out) = (Buf::Param(1), Buf::Param(2), Buf::Param(3));
+            let body = per_image(&mut b, |b, n| {
+                let ch = b.var();
+                let plane = v(n) * c + v(ch);
+                let f = |at: Idx, guards| {
+                    let x = Val::Load {
+                        buf: x,
+                        idx: plane.clone() * (h * w) + at,
+                        guards,
+                    };
+                    act(
+                        Val::fma(x, Val::load(scale, v(ch)), Val::load(shift, v(ch))),
+                        a,
+                    )
+                };
+                let inner = match pool {
+                    None => map(b, h * w, out, plane.clone() * (h * w), |at| f(at, vec![])),
+                    Some(p) => {
+                        let (oh, ow) = p.out_hw(h, w);
+                        let src = |_, _, ih: Idx, iw, guards| f(ih * w + iw, guards);
+                        let dst = |_, y: Idx, x| (out, (plane.clone() * oh + y) * ow + x);
+                        pool_plane(b, &p, (h, w), 1, src, dst, |_, _, _, _| vec![])
+                    }
+                };
+                vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
+            });
+            ("scale_shift", 4, body)
+        }
+        KernelSpec::Pool { c, h, w, pool } => {
+            let (oh, ow) = pool.out_hw(h, w);
+            let body = per_image(&mut b, |b, n| {
+                let ch = b.var();
+                let plane = v(n) * c + v(ch);
+                let src = |_, _, ih: Idx, iw, guards| Val::Load {
+                    buf: x,
+                    idx: (plane.clone() * h + ih) * w + iw,
+                    guards,
+                };
+                let dst = |_, y: Idx, x| (Buf::Param(1), (plane.clone() * oh + y) * ow + x);
+                let inner = pool_plane(b, &pool, (h, w), 1, src, dst, |_, _, _, _| vec![]);
+                vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
+            });
+            ("pool", 2, body)
+        }
+        KernelSpec::Softmax { classes } => {
+            let out = Buf::Param(1);
+            let body = per_image(&mut b, |b, n| {
+                // Subtracting the row maximum keeps exp in range; the sum is then >= 1.
+                let (m, s, k1, k2) = (b.reg(), b.reg(), b.var(), b.var());
+                let row = |k: IVar| v(n) * classes + v(k);
+                let e = (Val::load(x, row(k2)) - Val::Get(reg(m, 0usize))).exp();
+                let mut body = vec![
+                    Stmt::Set {
+                        reg: reg(m, 0usize),
+                        val: Val::Const(f32::NEG_INFINITY),
+                    },
+                    for_(
+                        k1,
+                        0usize,
+                        classes,
+                        LoopKind::Serial,
+                        vec![Stmt::Set {
+                            reg: reg(m, 0usize),
+                            val: Val::bin(
+                                BinOp::Max,
+                                Val::Get(reg(m, 0usize)),
+                                Val::load(x, row(k1)),
+                            ),
+                        }],
+                    ),
+                    Stmt::Set {
+                        reg: reg(s, 0usize),
+                        val: Val::Const(0.0),
+                    },
+                    for_(
+                        k2,
+                        0usize,
+                        classes,
+                        LoopKind::Serial,
+                        vec![
+                            Stmt::Store {
+                                buf: out,
+                                idx: row(k2),
+                                val: e,
+                            },
+                            Stmt::Set {
+                                reg: reg(s, 0usize),
+                                val: Val::Get(reg(s, 0usize)) + Val::load(out, row(k2)),
+                            },
+                        ],
+                    ),
+                    Stmt::Set {
+                        reg: reg(s, 0usize),
+                        val: Val::bin(BinOp::Div, Val::Const(1.0), Val::Get(reg(s, 0usize))),
+                    },
+                ];
+                let base = v(n) * classes;
+                body.extend(map(b, classes, out, base.clone(), |i| {
+                    Val::load(out, base.clone() + i) * Val::Get(reg(s, 0usize))
+                }));
+                body
+            });
+            ("softmax", 2, body)
+        }
+        KernelSpec::Conv2d { .. } | KernelSpec::Dense { .. } => {
+            unreachable!("lowered by conv.rs and dense.rs")
+        }
+    };
+    b.finish(format!("k{index}_{name}"), params, body)
+}
