@@ -133,3 +133,113 @@ impl Pass for FoldBatchNorm {
         Ok(changed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::interp::{Params, SplitMix64, init_params, run};
+    use crate::passes::{Mode, PassManager, inference_pipeline};
+    use crate::text::parse;
+    use crate::{Tensor, ir::Graph};
+
+    /// Random weights that stress the fold: γ = 0 and negative γ, running_var ≈ 0, and
+    /// nonzero running means and biases.
+    fn stress_params(g: &Graph, seed: u64) -> Params {
+        let mut params = init_params(g, seed);
+        let mut rng = SplitMix64::new(seed ^ 0x5eed);
+        for (name, t) in params.iter_mut() {
+            let data = t.as_f32_mut().unwrap();
+            for (i, v) in data.iter_mut().enumerate() {
+                *v = if name.ends_with("running_var") {
+                    if i % 3 == 0 { 1e-7 } else { rng.uniform(0.01, 3.0) }
+                } else if name.starts_with("bn") || name.contains("_bn") {
+                    if name.ends_with(".weight") && i % 4 == 0 { 0.0 } else { rng.uniform(-2.0, 2.0) }
+                } else if name.ends_with(".bias") {
+                    rng.uniform(-0.5, 0.5)
+                } else {
+                    *v
+                };
+            }
+        }
+        params
+    }
+
+    fn compile(src: &str, fold: bool) -> Graph {
+        let mut g = parse(src).unwrap();
+        PassManager::new(inference_pipeline(fold)).unwrap().run(&mut g, Mode::Infer).unwrap();
+        g
+    }
+
+    /// The stated tolerance: max |a − b| / max(1, |b|) ≤ 1e-4.
+    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+        let err = a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0f32, f32::max);
+        assert!(err <= 1e-4, "{what}: relative error {err}");
+    }
+
+    fn check_fold_preserves_logits(src: &str, input_shape: &[usize]) {
+        let reference = compile(src, false);
+        let folded = compile(src, true);
+        for seed in 0..3 {
+            let mut params = stress_params(&reference, seed);
+            let mut rng = SplitMix64::new(seed);
+            let n: usize = input_shape.iter().product();
+            let x = Tensor::new(input_shape.to_vec(), (0..n).map(|_| rng.uniform(0.0, 1.0)).collect()).unwrap();
+            let inputs = HashMap::from([("x".to_string(), x)]);
+            let before = run(&reference, Mode::Infer, &inputs, &mut params.clone()).unwrap();
+            let after = run(&folded, Mode::Infer, &inputs, &mut params).unwrap();
+            assert_close(&after.outputs[0], &before.outputs[0], &format!("seed {seed}"));
+        }
+    }
+
+    fn model(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/../models/{name}.ir", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn folding_preserves_the_logits_of_every_bn_model() {
+        check_fold_preserves_logits(&model("lenet_bn"), &[5, 1, 28, 28]);
+        check_fold_preserves_logits(&model("mlp_bn"), &[5, 1, 28, 28]);
+        // resnet_bn has convolutions without bias and BN on both residual branches.
+        check_fold_preserves_logits(&model("resnet_bn"), &[3, 1, 28, 28]);
+    }
+
+    #[test]
+    fn a_shared_producer_or_graph_output_is_not_folded_but_scale_shifted() {
+        let src = "input x: f32[N,3,9,9]\n\
+                   c = conv2d(x, channels=4, kernel=3, groups=1)\n\
+                   bn = batch_norm(c)\n\
+                   r = relu(c)\n\
+                   s = add(bn, r)\n\
+                   g = conv2d(s, channels=4, kernel=3, groups=2, bias=false)\n\
+                   bn2 = batch_norm(g)\n\
+                   bn3 = batch_norm(bn2)\n\
+                   output bn3, g\n";
+        let g = compile(src, true);
+        let ops: Vec<&str> = g.node_ids().into_iter().filter_map(|id| g.node(id).op().map(|o| o.name())).collect();
+        assert!(!ops.contains(&"batch_norm_infer"), "{ops:?}");
+        assert_eq!(ops.iter().filter(|o| **o == "scale_shift").count(), 3, "{ops:?}");
+        check_fold_preserves_logits(src, &[2, 3, 9, 9]);
+    }
+
+    #[test]
+    fn every_decision_is_explained() {
+        let mut g = parse(
+            "input x: f32[N,3,9,9]\nc = conv2d(x, channels=4, kernel=3)\nbn = batch_norm(c)\nr = relu(c)\n\
+             bn2 = batch_norm(x)\nf = flatten(x)\nd = dense(f, units=2)\nbn3 = batch_norm(d)\noutput bn, r, bn2, bn3\n",
+        )
+        .unwrap();
+        let steps = PassManager::new(inference_pipeline(true)).unwrap().run(&mut g, Mode::Infer).unwrap();
+        let remarks: Vec<String> = steps.iter().flat_map(|s| s.remarks.iter().map(|r| format!("{}: {}", r.node, r.message))).collect();
+        assert_eq!(
+            remarks,
+            [
+                "bn: not folded: its producer `c` has other consumers (`bn`, `r`); runs as a per-channel scale_shift",
+                "bn2: not folded: its input `x` is a graph input; runs as a per-channel scale_shift",
+                "bn3: folded into `d`",
+            ]
+        );
+    }
+}
