@@ -57,6 +57,10 @@ enum Command {
         /// Print each pass's wall time to stderr.
         #[arg(long)]
         time_passes: bool,
+        /// Explain the passes' decisions (which BatchNorms were folded, and why not), as
+        /// `#` comments before the IR.
+        #[arg(long)]
+        explain: bool,
         /// What to print at the end.
         #[arg(long, value_enum, default_value = "ir")]
         emit: Emit,
@@ -81,6 +85,7 @@ fn run(cli: Cli) -> Result<(), bnc::Error> {
             print_after_change,
             print_after,
             time_passes,
+            explain,
             emit,
         } => {
             let mode = match mode {
@@ -108,6 +113,13 @@ fn run(cli: Cli) -> Result<(), bnc::Error> {
             for step in &steps {
                 if let Some(ir) = &step.ir {
                     let _ = writeln!(out, "// ----- IR after {} -----\n{ir}", step.pass);
+                }
+            }
+            if explain {
+                for step in &steps {
+                    for r in &step.remarks {
+                        let _ = writeln!(out, "# {}: {}: {}", step.pass, r.node, r.message);
+                    }
                 }
             }
             if time_passes {
