@@ -14,9 +14,6 @@
 //!   optional second line `# run: ...` picks the passes. The harness parses the bytes,
 //!   compiles with `bnc::compile` if that succeeds, and asserts that the error renders
 //!   exactly as expected; the snapshot records the message too, so rewording is reviewed.
-//! - `known_bugs/*.ir` are error files whose expectation states the intended behaviour of
-//!   something that is currently wrong; each runs in its own `#[ignore]`d test below,
-//!   naming the bug. When the bug is fixed, move the file to `errors/`.
 
 use std::path::Path;
 
@@ -271,34 +268,4 @@ fn run_directives() {
     );
     assert!(matches!(run("# run: passes="), Some(Err(_))));
     assert_eq!(run("# a comment"), None);
-}
-
-fn known_bug(name: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/filetests/known_bugs")
-        .join(name);
-    if let Err(problem) = run_error(&path) {
-        panic!("{}: {problem}", path.display());
-    }
-}
-
-#[test]
-#[ignore = "bug: a declared result type mismatch is worded `parameter `fc` has type ...`, but `fc` is an op"]
-fn known_bug_result_type_mismatch_wording() {
-    known_bug("result_type_mismatch.ir");
-}
-
-#[test]
-#[ignore = "bug: attach-loss on rank-4 logits reports its shape error at 0:0"]
-fn known_bug_attach_loss_error_location() {
-    known_bug("attach_loss_rank4.ir");
-}
-
-#[test]
-#[ignore = "bug: an implicit parameter cannot be used before the line of the op that creates it"]
-fn known_bug_implicit_param_forward_reference() {
-    let src = "input x: f32[N,4]\ny = relu(fc.bias)\nfc = dense(x, units=3)\noutput y, fc\n";
-    if let Err(e) = parse(src) {
-        panic!("{}: {e}", e.span);
-    }
 }

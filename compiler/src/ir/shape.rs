@@ -109,6 +109,16 @@ pub enum ShapeErrorKind {
         /// The type the op needs.
         expected: TensorType,
     },
+    /// A result type written in the text disagrees with the shape rule.
+    #[error("declared type {got} of `{name}` does not match the inferred {expected}")]
+    Declared {
+        /// The node's name.
+        name: String,
+        /// The declared type.
+        got: TensorType,
+        /// The inferred type.
+        expected: TensorType,
+    },
     /// An operand has no type, because it is a parameter used outside a parameter slot
     /// before any op inferred its type.
     #[error("operand `{name}` has no type")]

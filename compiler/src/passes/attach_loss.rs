@@ -37,8 +37,11 @@ impl Pass for AttachLoss {
             .outputs()
             .iter()
             .any(|&o| matches!(g.node(o).op(), Some(Op::SoftmaxCrossEntropy)));
-        if cx.mode != Mode::Train || has_loss || g.outputs().len() != 1 {
+        if cx.mode != Mode::Train || has_loss {
             return Ok(false);
+        }
+        if g.outputs().len() != 1 {
+            return Err(PassError::TrainOutputs { count: g.outputs().len() });
         }
         let logits = g.outputs()[0];
         let batch = match g.node(logits).ty.as_ref().and_then(|t| t.dims.first()) {
@@ -59,12 +62,9 @@ impl Pass for AttachLoss {
             return Ok(false);
         };
         let name = fresh(g, "loss");
-        let Ok(loss) = g.add_op(
-            name,
-            Op::SoftmaxCrossEntropy,
-            &[logits, labels],
-            Span::default(),
-        ) else {
+        // Errors about the loss point at the logits' statement.
+        let span = g.node(logits).span;
+        let Ok(loss) = g.add_op(name, Op::SoftmaxCrossEntropy, &[logits, labels], span) else {
             return Ok(false);
         };
         g.set_outputs(vec![loss, logits]);

@@ -94,6 +94,12 @@ pub enum PassError {
         /// The IR after the pass, with the bad node marked.
         ir: String,
     },
+    /// Train mode needs a graph with one output (the logits) or a loss output.
+    #[error("train mode needs one output (the logits) or a softmax_cross_entropy output, found {count} outputs")]
+    TrainOutputs {
+        /// The number of outputs.
+        count: usize,
+    },
     /// The verifier failed on the graph as given (before any pass).
     #[error(transparent)]
     Invalid(Box<VerifyError>),

@@ -36,7 +36,7 @@ pub enum ParseErrorKind {
         len: usize,
     },
     /// A character that starts no token.
-    #[error("unexpected character `{ch}`")]
+    #[error("unexpected character `{}`", ch.escape_debug())]
     UnexpectedChar {
         /// The character.
         ch: char,
@@ -114,7 +114,9 @@ pub enum ParseErrorKind {
         found: String,
     },
     /// A wrong number of operands.
-    #[error("{op} takes {data} operand{s} ({all} with its parameters), got {got}", s = if *.data == 1 { "" } else { "s" })]
+    #[error("{op} takes {data} operand{s}{with}, got {got}",
+        s = if *.data == 1 { "" } else { "s" },
+        with = if .all > .data { format!(" ({} with its parameters)", .all) } else { String::new() })]
     Arity {
         /// The op's name.
         op: &'static str,

@@ -157,7 +157,7 @@ impl Line {
 
     fn ty(&mut self) -> R<TensorType> {
         let (name, span) = self.ident("an element type such as `f32`")?;
-        let dtype = DType::from_name(&name).ok_or_else(|| ParseError {
+        let dtype = DType::from_name(&name).ok_or(ParseError {
             span,
             kind: ParseErrorKind::UnknownDType { name },
         })?;
@@ -641,7 +641,6 @@ fn build(stmts: Vec<Stmt>, src: &str) -> R<Graph> {
             }
         }
     }
-    // Step 2: resolve operands, creating implicit parameters.
     let resolve = |g: &Graph, name: &str, span: Span| -> R<NodeId> {
         g.lookup(name).ok_or_else(|| ParseError {
             span,
@@ -650,41 +649,39 @@ fn build(stmts: Vec<Stmt>, src: &str) -> R<Graph> {
             },
         })
     };
+    // Step 2: create the parameters that ops leave implicit, so that they too can be used
+    // before the line of their op.
+    let mut implicit: Vec<Vec<NodeId>> = Vec::with_capacity(ops.len());
     for (id, s) in &ops {
-        let mut operands = Vec::new();
-        for (name, span) in &s.operands {
-            operands.push(resolve(&g, name, *span)?);
-        }
-        let op = g.node(*id).op().cloned().into_iter().next();
-        if let Some(op) = op
-            && operands.len() == op.data_arity()
+        let mut params = Vec::new();
+        if let Some(op) = g.node(*id).op().cloned()
+            && s.operands.len() == op.data_arity()
         {
             for slot in op.param_slots() {
                 let name = format!("{}.{slot}", s.name);
                 let pid = match g.lookup(&name) {
                     Some(p) if matches!(g.node(p).kind, NodeKind::Param) => p,
                     Some(p) => {
-                        return err(
-                            s.kind_span,
-                            ParseErrorKind::DuplicateName {
-                                name,
-                                first: g.node(p).span,
-                            },
-                        );
+                        let first = g.node(p).span;
+                        return err(s.kind_span, ParseErrorKind::DuplicateName { name, first });
                     }
                     None => add(
                         &mut g,
-                        Node {
-                            name,
-                            kind: NodeKind::Param,
-                            ty: None,
-                            span: s.kind_span,
-                        },
+                        Node { name, kind: NodeKind::Param, ty: None, span: s.kind_span },
                     )?,
                 };
-                operands.push(pid);
+                params.push(pid);
             }
         }
+        implicit.push(params);
+    }
+    // Step 3: resolve operands by name.
+    for ((id, s), params) in ops.iter().zip(implicit) {
+        let mut operands = Vec::new();
+        for (name, span) in &s.operands {
+            operands.push(resolve(&g, name, *span)?);
+        }
+        operands.extend(params);
         for (slot, o) in operands.into_iter().enumerate() {
             g.connect(o, *id, slot as u32);
         }
