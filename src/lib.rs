@@ -50,7 +50,7 @@ pub enum Error {
         /// The file.
         file: String,
         /// The error.
-        error: ShapeError,
+        error: Box<ShapeError>,
     },
     /// The graph as written breaks an invariant.
     #[error("{file}:{}: {error}", error.span)]
@@ -58,7 +58,7 @@ pub enum Error {
         /// The file.
         file: String,
         /// The error.
-        error: VerifyError,
+        error: Box<VerifyError>,
     },
     /// A pass failed (unknown pass name, or a compiler bug caught by the verifier).
     #[error("{0}")]
@@ -101,11 +101,11 @@ impl From<PassError> for Error {
         match e {
             PassError::Shape(error) => Error::Shape {
                 file: String::new(),
-                error: *error,
+                error,
             },
             PassError::Invalid(error) => Error::Invalid {
                 file: String::new(),
-                error: *error,
+                error,
             },
             other => Error::Pass(other),
         }

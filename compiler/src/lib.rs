@@ -2,10 +2,10 @@
 //! interpreter and Cranelift code generation. It knows nothing of datasets, epochs or
 //! optimizers; `bnc-runtime` builds on it.
 
-#[cfg(feature = "codegen")]
 pub mod codegen;
 pub mod interp;
 pub mod ir;
+pub mod lower;
 pub mod passes;
 pub mod suggest;
 pub mod tensor;

@@ -36,7 +36,7 @@ impl KernelFn {
     /// The [`JitKernels`] this handle came from must still be alive; `bufs` must hold
     /// [`buffer_count`](Self::buffer_count) pointers, in the order of
     /// [`KernelSpec::buffer_names`], each valid for the full batch lengths of
-    /// [`KernelSpec::buffer_lens`] (for any batch size `> n_end`); and no other thread may
+    /// [`KernelSpec::buffer_lens`] (for some batch size `>= n_end`); and no other thread may
     /// write the inputs or the output rows of `n_begin..n_end` during the call.
     pub unsafe fn call(&self, bufs: &[*mut f32], n_begin: usize, n_end: usize) {
         debug_assert_eq!(bufs.len(), self.params);
@@ -215,6 +215,9 @@ impl JitKernels {
                 expected: lens.len(),
                 got: inputs.len() + 1,
             });
+        }
+        if batch == 0 {
+            return Ok(());
         }
         let sizes = inputs.iter().map(|b| b.len()).chain([output.len()]);
         for (buffer, (got, expected)) in sizes.zip(lens).enumerate() {

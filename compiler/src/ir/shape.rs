@@ -142,8 +142,8 @@ pub struct ShapeError {
     pub span: Span,
     /// The node's name.
     pub node: String,
-    /// What is wrong.
-    pub kind: ShapeErrorKind,
+    /// What is wrong (boxed: the kinds carry whole types).
+    pub kind: Box<ShapeErrorKind>,
 }
 
 /// The inferred types of an op: its result and its parameters in slot order.
@@ -364,32 +364,57 @@ pub fn infer(op: &Op, data: &[&TensorType]) -> Result<Inferred, ShapeErrorKind> 
             let c = TensorType::f32_fixed(&[fixed(name, x, 1)?]);
             for &t in &data[1..] {
                 if *t != c {
-                    return Err(ShapeErrorKind::Mismatch { op: name, lhs: c, rhs: t.clone() });
+                    return Err(ShapeErrorKind::Mismatch {
+                        op: name,
+                        lhs: c,
+                        rhs: t.clone(),
+                    });
                 }
             }
-            Inferred { result: x.clone(), params: Vec::new() }
+            Inferred {
+                result: x.clone(),
+                params: Vec::new(),
+            }
         }
         Op::BnScale { .. } | Op::BnShift { .. } | Op::ChannelAffine => {
             let c = data[0];
             expect_rank(name, c, &[1], "1")?;
             for &t in data {
                 if t != c || t.dtype != DType::F32 {
-                    return Err(ShapeErrorKind::Mismatch { op: name, lhs: c.clone(), rhs: t.clone() });
+                    return Err(ShapeErrorKind::Mismatch {
+                        op: name,
+                        lhs: c.clone(),
+                        rhs: t.clone(),
+                    });
                 }
             }
-            Inferred { result: c.clone(), params: Vec::new() }
+            Inferred {
+                result: c.clone(),
+                params: Vec::new(),
+            }
         }
         Op::ChannelScale => {
             let (w, s) = (data[0], data[1]);
             expect_f32(name, 0, w)?;
             if w.rank() == 0 {
-                return Err(ShapeErrorKind::Rank { op: name, expected: "1 or more", got: w.clone() });
+                return Err(ShapeErrorKind::Rank {
+                    op: name,
+                    expected: "1 or more",
+                    got: w.clone(),
+                });
             }
             let c = TensorType::f32_fixed(&[fixed(name, w, 0)?]);
             if *s != c {
-                return Err(ShapeErrorKind::Mismatch { op: name, lhs: c, rhs: s.clone() });
+                return Err(ShapeErrorKind::Mismatch {
+                    op: name,
+                    lhs: c,
+                    rhs: s.clone(),
+                });
             }
-            Inferred { result: w.clone(), params: Vec::new() }
+            Inferred {
+                result: w.clone(),
+                params: Vec::new(),
+            }
         }
         Op::SoftmaxCrossEntropy => {
             let (x, labels) = (data[0], data[1]);

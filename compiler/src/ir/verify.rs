@@ -62,8 +62,8 @@ pub struct VerifyError {
     pub node: String,
     /// Where the node was written.
     pub span: Span,
-    /// What is wrong.
-    pub kind: VerifyErrorKind,
+    /// What is wrong (boxed: the kinds carry whole types).
+    pub kind: Box<VerifyErrorKind>,
 }
 
 /// Checks the graph's invariants; with `typed`, also every type against the shape rules.
@@ -71,7 +71,7 @@ pub fn verify(g: &Graph, typed: bool) -> Result<(), VerifyError> {
     let graph_err = |kind| VerifyError {
         node: String::new(),
         span: Span::default(),
-        kind,
+        kind: Box::new(kind),
     };
     if g.outputs().is_empty() {
         return Err(graph_err(VerifyErrorKind::NoOutputs));
@@ -84,7 +84,7 @@ pub fn verify(g: &Graph, typed: bool) -> Result<(), VerifyError> {
         let fail = |kind| VerifyError {
             node: node.name.clone(),
             span: node.span,
-            kind,
+            kind: Box::new(kind),
         };
         let slots = g.operand_slots(id);
         let NodeKind::Op(op) = &node.kind else {

@@ -41,7 +41,9 @@ impl Pass for AttachLoss {
             return Ok(false);
         }
         if g.outputs().len() != 1 {
-            return Err(PassError::TrainOutputs { count: g.outputs().len() });
+            return Err(PassError::TrainOutputs {
+                count: g.outputs().len(),
+            });
         }
         let logits = g.outputs()[0];
         let batch = match g.node(logits).ty.as_ref().and_then(|t| t.dims.first()) {

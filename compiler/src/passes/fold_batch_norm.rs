@@ -58,7 +58,13 @@ fn not_foldable(g: &Graph, x: NodeId) -> Option<String> {
     let p = g.node(x);
     match &p.kind {
         NodeKind::Op(Op::Conv2d(_) | Op::Dense(_)) => {}
-        NodeKind::Op(op) => return Some(format!("its input `{}` is a {}, not a conv2d or dense", p.name, op.name())),
+        NodeKind::Op(op) => {
+            return Some(format!(
+                "its input `{}` is a {}, not a conv2d or dense",
+                p.name,
+                op.name()
+            ));
+        }
         NodeKind::Input => return Some(format!("its input `{}` is a graph input", p.name)),
         NodeKind::Param => return Some(format!("its input `{}` is a parameter", p.name)),
     }
@@ -67,15 +73,26 @@ fn not_foldable(g: &Graph, x: NodeId) -> Option<String> {
     }
     let users = g.users(x);
     if users.len() > 1 {
-        let others: Vec<String> = users.iter().map(|(u, _)| format!("`{}`", g.node(*u).name)).collect();
-        return Some(format!("its producer `{}` has other consumers ({})", p.name, others.join(", ")));
+        let others: Vec<String> = users
+            .iter()
+            .map(|(u, _)| format!("`{}`", g.node(*u).name))
+            .collect();
+        return Some(format!(
+            "its producer `{}` has other consumers ({})",
+            p.name,
+            others.join(", ")
+        ));
     }
     None
 }
 
 impl Pass for FoldBatchNorm {
     fn name(&self) -> &'static str {
-        if self.fold { "fold-bn" } else { "bn-scale-shift" }
+        if self.fold {
+            "fold-bn"
+        } else {
+            "bn-scale-shift"
+        }
     }
 
     fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError> {
@@ -84,15 +101,33 @@ impl Pass for FoldBatchNorm {
         }
         let mut changed = false;
         for bn in g.topo_order().unwrap_or_default() {
-            let Some(Op::BatchNormInfer(a)) = g.node(bn).op() else { continue };
+            let Some(Op::BatchNormInfer(a)) = g.node(bn).op() else {
+                continue;
+            };
             let eps = a.eps;
             let ops = g.operands(bn);
-            let [x, gamma, beta, mean, var] = ops[..] else { continue };
+            let [x, gamma, beta, mean, var] = ops[..] else {
+                continue;
+            };
             let bn_name = g.node(bn).name.clone();
-            let scale = add(g, format!("{bn_name}.scale"), Op::BnScale { eps }, &[gamma, var]);
-            let shift = add(g, format!("{bn_name}.shift"), Op::BnShift { eps }, &[gamma, beta, mean, var]);
+            let scale = add(
+                g,
+                format!("{bn_name}.scale"),
+                Op::BnScale { eps },
+                &[gamma, var],
+            );
+            let shift = add(
+                g,
+                format!("{bn_name}.shift"),
+                Op::BnShift { eps },
+                &[gamma, beta, mean, var],
+            );
             changed = true;
-            let reason = if self.fold { not_foldable(g, x) } else { Some("folding is off (--no-fold)".to_string()) };
+            let reason = if self.fold {
+                not_foldable(g, x)
+            } else {
+                Some("folding is off (--no-fold)".to_string())
+            };
             if let Some(reason) = reason {
                 // BN(x) = x·s + t per channel: a scale_shift that fusion merges with its neighbours.
                 g.node_mut(bn).kind = NodeKind::Op(Op::ScaleShift);
@@ -102,17 +137,30 @@ impl Pass for FoldBatchNorm {
                 for (slot, _) in g.operand_slots(bn).into_iter().filter(|(s, _)| *s > 2) {
                     g.remove_edge_at(bn, slot);
                 }
-                cx.remarks.push(Remark { node: bn_name, message: format!("not folded: {reason}; runs as a per-channel scale_shift") });
+                cx.remarks.push(Remark {
+                    node: bn_name,
+                    message: format!("not folded: {reason}; runs as a per-channel scale_shift"),
+                });
                 continue;
             }
             let p_name = g.node(x).name.clone();
             let p_ops = g.operands(x);
             // W' = s·W along the output-channel axis.
-            let w = add(g, format!("{p_name}.weight_folded"), Op::ChannelScale, &[p_ops[1], scale]);
+            let w = add(
+                g,
+                format!("{p_name}.weight_folded"),
+                Op::ChannelScale,
+                &[p_ops[1], scale],
+            );
             g.set_operand(x, 1, w);
             // b' = b·s + t, or t alone when the producer had no bias (b = 0).
             let b = match p_ops.get(2) {
-                Some(&b) => add(g, format!("{p_name}.bias_folded"), Op::ChannelAffine, &[b, scale, shift]),
+                Some(&b) => add(
+                    g,
+                    format!("{p_name}.bias_folded"),
+                    Op::ChannelAffine,
+                    &[b, scale, shift],
+                ),
                 None => shift,
             };
             if let Some(NodeKind::Op(op)) = Some(&mut g.node_mut(x).kind) {
@@ -125,7 +173,10 @@ impl Pass for FoldBatchNorm {
             g.set_operand(x, 2, b);
             g.replace_all_uses(bn, x);
             g.remove(bn);
-            cx.remarks.push(Remark { node: bn_name, message: format!("folded into `{p_name}`") });
+            cx.remarks.push(Remark {
+                node: bn_name,
+                message: format!("folded into `{p_name}`"),
+            });
         }
         if changed {
             infer_shapes(g)?;
@@ -152,9 +203,17 @@ mod tests {
             let data = t.as_f32_mut().unwrap();
             for (i, v) in data.iter_mut().enumerate() {
                 *v = if name.ends_with("running_var") {
-                    if i % 3 == 0 { 1e-7 } else { rng.uniform(0.01, 3.0) }
+                    if i % 3 == 0 {
+                        1e-7
+                    } else {
+                        rng.uniform(0.01, 3.0)
+                    }
                 } else if name.starts_with("bn") || name.contains("_bn") {
-                    if name.ends_with(".weight") && i % 4 == 0 { 0.0 } else { rng.uniform(-2.0, 2.0) }
+                    if name.ends_with(".weight") && i % 4 == 0 {
+                        0.0
+                    } else {
+                        rng.uniform(-2.0, 2.0)
+                    }
                 } else if name.ends_with(".bias") {
                     rng.uniform(-0.5, 0.5)
                 } else {
@@ -167,7 +226,10 @@ mod tests {
 
     fn compile(src: &str, fold: bool) -> Graph {
         let mut g = parse(src).unwrap();
-        PassManager::new(inference_pipeline(fold)).unwrap().run(&mut g, Mode::Infer).unwrap();
+        PassManager::new(inference_pipeline(fold))
+            .unwrap()
+            .run(&mut g, Mode::Infer)
+            .unwrap();
         g
     }
 
@@ -175,7 +237,11 @@ mod tests {
     fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
         assert_eq!(a.shape(), b.shape(), "{what}");
         let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
-        let err = a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0f32, f32::max);
+        let err = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+            .fold(0.0f32, f32::max);
         assert!(err <= 1e-4, "{what}: relative error {err}");
     }
 
@@ -186,16 +252,28 @@ mod tests {
             let mut params = stress_params(&reference, seed);
             let mut rng = SplitMix64::new(seed);
             let n: usize = input_shape.iter().product();
-            let x = Tensor::new(input_shape.to_vec(), (0..n).map(|_| rng.uniform(0.0, 1.0)).collect()).unwrap();
+            let x = Tensor::new(
+                input_shape.to_vec(),
+                (0..n).map(|_| rng.uniform(0.0, 1.0)).collect(),
+            )
+            .unwrap();
             let inputs = HashMap::from([("x".to_string(), x)]);
             let before = run(&reference, Mode::Infer, &inputs, &mut params.clone()).unwrap();
             let after = run(&folded, Mode::Infer, &inputs, &mut params).unwrap();
-            assert_close(&after.outputs[0], &before.outputs[0], &format!("seed {seed}"));
+            assert_close(
+                &after.outputs[0],
+                &before.outputs[0],
+                &format!("seed {seed}"),
+            );
         }
     }
 
     fn model(name: &str) -> String {
-        std::fs::read_to_string(format!("{}/../models/{name}.ir", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read_to_string(format!(
+            "{}/../models/{name}.ir",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -218,9 +296,17 @@ mod tests {
                    bn3 = batch_norm(bn2)\n\
                    output bn3, g\n";
         let g = compile(src, true);
-        let ops: Vec<&str> = g.node_ids().into_iter().filter_map(|id| g.node(id).op().map(|o| o.name())).collect();
+        let ops: Vec<&str> = g
+            .node_ids()
+            .into_iter()
+            .filter_map(|id| g.node(id).op().map(|o| o.name()))
+            .collect();
         assert!(!ops.contains(&"batch_norm_infer"), "{ops:?}");
-        assert_eq!(ops.iter().filter(|o| **o == "scale_shift").count(), 3, "{ops:?}");
+        assert_eq!(
+            ops.iter().filter(|o| **o == "scale_shift").count(),
+            3,
+            "{ops:?}"
+        );
         check_fold_preserves_logits(src, &[2, 3, 9, 9]);
     }
 
@@ -231,8 +317,18 @@ mod tests {
              bn2 = batch_norm(x)\nf = flatten(x)\nd = dense(f, units=2)\nbn3 = batch_norm(d)\noutput bn, r, bn2, bn3\n",
         )
         .unwrap();
-        let steps = PassManager::new(inference_pipeline(true)).unwrap().run(&mut g, Mode::Infer).unwrap();
-        let remarks: Vec<String> = steps.iter().flat_map(|s| s.remarks.iter().map(|r| format!("{}: {}", r.node, r.message))).collect();
+        let steps = PassManager::new(inference_pipeline(true))
+            .unwrap()
+            .run(&mut g, Mode::Infer)
+            .unwrap();
+        let remarks: Vec<String> = steps
+            .iter()
+            .flat_map(|s| {
+                s.remarks
+                    .iter()
+                    .map(|r| format!("{}: {}", r.node, r.message))
+            })
+            .collect();
         assert_eq!(
             remarks,
             [

@@ -61,7 +61,7 @@ fn infer_node(g: &mut Graph, id: NodeId, force: bool) -> Result<Option<bool>, Sh
     let fail = |kind| ShapeError {
         span: node.span,
         node: node.name.clone(),
-        kind,
+        kind: Box::new(kind),
     };
     let NodeKind::Op(op) = &node.kind else {
         if let Some(ty) = &node.ty {

@@ -95,7 +95,9 @@ pub enum PassError {
         ir: String,
     },
     /// Train mode needs a graph with one output (the logits) or a loss output.
-    #[error("train mode needs one output (the logits) or a softmax_cross_entropy output, found {count} outputs")]
+    #[error(
+        "train mode needs one output (the logits) or a softmax_cross_entropy output, found {count} outputs"
+    )]
     TrainOutputs {
         /// The number of outputs.
         count: usize,
@@ -276,7 +278,10 @@ impl PassManager {
         let mut steps = Vec::new();
         for pass in &mut self.passes {
             let start = Instant::now();
-            let mut cx = PassContext { mode, remarks: Vec::new() };
+            let mut cx = PassContext {
+                mode,
+                remarks: Vec::new(),
+            };
             let changed = pass.run(g, &mut cx)?;
             let elapsed = start.elapsed();
             let name = pass.name();

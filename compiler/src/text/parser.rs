@@ -667,7 +667,12 @@ fn build(stmts: Vec<Stmt>, src: &str) -> R<Graph> {
                     }
                     None => add(
                         &mut g,
-                        Node { name, kind: NodeKind::Param, ty: None, span: s.kind_span },
+                        Node {
+                            name,
+                            kind: NodeKind::Param,
+                            ty: None,
+                            span: s.kind_span,
+                        },
                     )?,
                 };
                 params.push(pid);

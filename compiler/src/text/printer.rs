@@ -14,7 +14,12 @@ pub fn print(g: &Graph) -> String {
 
 /// Prints the canonical form with `mark` flagged by a trailing comment (verifier dumps).
 pub fn print_marked(g: &Graph, mark: Option<NodeId>) -> String {
-    let mut p = Printer { g, mark, out: String::new(), done: HashSet::new() };
+    let mut p = Printer {
+        g,
+        mark,
+        out: String::new(),
+        done: HashSet::new(),
+    };
     let order = g.topo_order().unwrap_or_else(|_| g.node_ids());
     for &id in &order {
         if matches!(g.node(id).kind, NodeKind::Input) {
@@ -32,7 +37,11 @@ pub fn print_marked(g: &Graph, mark: Option<NodeId>) -> String {
     for &id in &order {
         p.emit(id);
     }
-    let outs: Vec<&str> = g.outputs().iter().map(|&o| g.node(o).name.as_str()).collect();
+    let outs: Vec<&str> = g
+        .outputs()
+        .iter()
+        .map(|&o| g.node(o).name.as_str())
+        .collect();
     let _ = writeln!(p.out, "output {}", outs.join(", "));
     p.out
 }
@@ -59,15 +68,30 @@ impl Printer<'_> {
         }
         self.done.insert(id);
         let node = g.node(id);
-        let ty = node.ty.as_ref().map(|t| format!(": {t}")).unwrap_or_default();
-        let flag = if Some(id) == self.mark { "  # <-- here" } else { "" };
+        let ty = node
+            .ty
+            .as_ref()
+            .map(|t| format!(": {t}"))
+            .unwrap_or_default();
+        let flag = if Some(id) == self.mark {
+            "  # <-- here"
+        } else {
+            ""
+        };
         let _ = match &node.kind {
             NodeKind::Input => writeln!(self.out, "input {}{ty}{flag}", node.name),
             NodeKind::Param => writeln!(self.out, "param {}{ty}{flag}", node.name),
             NodeKind::Op(op) => {
-                let mut args: Vec<String> = operands.iter().map(|&o| g.node(o).name.clone()).collect();
+                let mut args: Vec<String> =
+                    operands.iter().map(|&o| g.node(o).name.clone()).collect();
                 args.extend(op.attrs().into_iter().map(|(k, v)| format!("{k}={v}")));
-                writeln!(self.out, "{} = {}({}){ty}{flag}", node.name, op.name(), args.join(", "))
+                writeln!(
+                    self.out,
+                    "{} = {}({}){ty}{flag}",
+                    node.name,
+                    op.name(),
+                    args.join(", ")
+                )
             }
         };
     }

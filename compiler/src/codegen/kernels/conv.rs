@@ -1,7 +1,7 @@
 //! Direct 2-d convolution with a fused epilogue, written in loop IR. The output width is on
 //! the vector lanes (for LeNet's conv1 that is 28 pixels, not 6 channels), two vectors of
-//! pixels per trip, and a block of up to six output channels is kept in registers, so each
-//! input vector loaded feeds six FMAs and each broadcast weight feeds two. With a pool in the
+//! pixels per trip, and a block of up to five output channels is kept in registers, so each
+//! input vector loaded feeds five FMAs and each broadcast weight feeds two. With a pool in the
 //! epilogue, the conv rows one pooled row needs are written to a small stack array and then
 //! pooled, so only the pooled tensor reaches memory.
 
@@ -12,9 +12,10 @@ use crate::codegen::loop_ir::{
 };
 use crate::codegen::{Epilogue, KernelSpec, window_out};
 
-/// Output channels per register block: six blocks of two F32X4 accumulators plus two input
-/// vectors and one weight broadcast fit in the 16 XMM registers Cranelift allocates.
-const CHANNEL_BLOCK: usize = 6;
+/// Output channels per register block: five channels times two F32X4 pixel vectors of
+/// accumulators, two input vectors, the weight broadcast and the copy `vfmadd213` needs fit
+/// the 16 XMM registers Cranelift allocates; a block of six spilled in the inner loop.
+const CHANNEL_BLOCK: usize = 5;
 
 /// The static shape facts the row emitter needs.
 struct Conv {
@@ -61,7 +62,7 @@ pub(super) fn conv2d(index: usize, spec: &KernelSpec) -> Kernel {
     let og = c_out / groups;
     let bufs = EpiBufs::new(&epi);
     let mut b = KernelBuilder::new();
-    // Split each group's channels into blocks of nearly equal size (e.g. 16 = 6 + 5 + 5).
+    // Split each group's channels into blocks of nearly equal size (e.g. 16 = 4 + 4 + 4 + 4).
     let blocks = og.div_ceil(CHANNEL_BLOCK);
     let small = og / blocks;
     let classes = [
