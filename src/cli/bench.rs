@@ -1,0 +1,121 @@
+//! `bnc bench`: images/s (median of repeated runs after warm-up), the time from text to
+//! native code, and per-kernel times, on random weights and inputs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use bnc::compiler::Tensor;
+use bnc::compiler::interp::{SplitMix64, init_params};
+use bnc::runtime::model::{CompileConfig, InferenceModel};
+use bnc::runtime::weights::ParamStore;
+
+use super::infer::typed_model;
+use super::{ExecArgs, ModeArg};
+
+/// Arguments of `bnc bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The model file (`*.ir`).
+    file: PathBuf,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "infer")]
+    mode: ModeArg,
+    #[command(flatten)]
+    exec: ExecArgs,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Runs `bnc bench`.
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if let ModeArg::Train = a.mode {
+        bail!(
+            "bnc bench --mode train is not available yet: the JIT training executor is not built"
+        );
+    }
+    let file = a.file.display().to_string();
+    let (batch, threads) = (a.exec.batch as usize, a.exec.threads as usize);
+    let cfg = CompileConfig {
+        threads,
+        fold: !a.exec.no_fold,
+    };
+    // Parse → JIT-ready, as a user pays it.
+    let start = Instant::now();
+    let g = bnc::load_model(&a.file)?;
+    let mut model =
+        InferenceModel::compile(&g, &cfg).with_context(|| format!("{file}: cannot compile"))?;
+    let compile = start.elapsed();
+    let params: ParamStore = init_params(&typed_model(&a.file)?, 0).into_iter().collect();
+    model.bind(&params)?;
+    let dims = model.plan().input_dims.clone();
+    let mut rng = SplitMix64::new(1);
+    let n = batch * dims.iter().product::<usize>();
+    let mut shape = vec![batch];
+    shape.extend(&dims);
+    let x = Tensor::new(shape, (0..n).map(|_| rng.next_f32()).collect()).context("input shape")?;
+    for _ in 0..3 {
+        model.run(&x)?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..a.reps {
+        let t = Instant::now();
+        std::hint::black_box(model.run(&x)?);
+        times.push(t.elapsed());
+    }
+    let per_batch = median(times);
+    let ips = batch as f64 / per_batch.as_secs_f64().max(1e-12);
+    let mut per_kernel: Vec<Vec<Duration>> = vec![Vec::new(); model.plan().kernels.len()];
+    for _ in 0..a.reps.min(10) {
+        for (k, t) in model.profile(&x)?.into_iter().enumerate() {
+            per_kernel[k].push(t);
+        }
+    }
+    let kernels: Vec<(String, f64)> = model
+        .plan()
+        .kernels
+        .iter()
+        .zip(per_kernel)
+        .map(|(k, t)| (k.name.clone(), median(t).as_secs_f64() * 1e6))
+        .collect();
+    let compile_ms = compile.as_secs_f64() * 1e3;
+    if a.json {
+        let ks: Vec<_> = kernels
+            .iter()
+            .map(|(name, us)| serde_json::json!({ "name": name, "us": us }))
+            .collect();
+        let obj = serde_json::json!({
+            "model": file, "mode": "infer", "batch": batch, "threads": threads, "fold": !a.exec.no_fold,
+            "images_per_s": ips, "us_per_batch": per_batch.as_secs_f64() * 1e6,
+            "compile_ms": compile_ms, "kernels": ks,
+        });
+        println!("{obj}");
+    } else {
+        println!(
+            "{file}: batch {batch}, {threads} thread(s), fold {}",
+            !a.exec.no_fold
+        );
+        println!(
+            "images/s: {ips:.0} ({:.1} µs per batch, median of {})",
+            per_batch.as_secs_f64() * 1e6,
+            a.reps
+        );
+        println!("parse to native code: {compile_ms:.2} ms");
+        println!("per kernel (1 thread, whole batch):");
+        for (name, us) in &kernels {
+            println!("  {name:<28} {us:>10.1} µs");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `bnc compile`: the pass pipeline with its dumps, remarks and timings, then the IR,
+//! a DOT graph, kernel statistics, or the generated code.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+use bnc::compiler::passes::{Mode, inference_pipeline, lookup};
+use bnc::compiler::text::{print, to_dot};
+use bnc::runtime::model::{CompileConfig, InferenceModel};
+use bnc::{CompileOptions, PrintAfter};
+
+use super::ModeArg;
+
+/// What `bnc compile` prints at the end.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    /// The canonical text IR.
+    Ir,
+    /// A Graphviz DOT graph (render with `dot -Tsvg`).
+    Dot,
+    /// The kernel list with FLOPs, bytes and activation memory (inference).
+    Stats,
+    /// The Cranelift IR of every kernel (inference).
+    Clif,
+    /// The machine code of every kernel, as Cranelift's disassembly (inference).
+    Asm,
+}
+
+/// Arguments of `bnc compile`.
+#[derive(Args)]
+pub struct CompileArgs {
+    /// The model file (`*.ir`).
+    file: PathBuf,
+    /// Compile for inference or for training.
+    #[arg(long, value_enum, default_value = "infer")]
+    mode: ModeArg,
+    /// Run these passes (comma-separated) instead of the mode's default pipeline.
+    #[arg(long, value_delimiter = ',')]
+    passes: Option<Vec<String>>,
+    /// Inference: do not fold BatchNorm into conv2d/dense; run it as a scale and shift.
+    #[arg(long, conflicts_with = "passes")]
+    no_fold: bool,
+    /// Print the IR after every pass.
+    #[arg(long)]
+    print_after_all: bool,
+    /// Print the IR after every pass that changed it.
+    #[arg(long, conflicts_with = "print_after_all")]
+    print_after_change: bool,
+    /// Print the IR after the named pass (repeatable).
+    #[arg(long, value_name = "NAME")]
+    print_after: Vec<String>,
+    /// Print each pass's wall time to stderr.
+    #[arg(long)]
+    time_passes: bool,
+    /// Explain the passes' decisions (which BatchNorms were folded, and why not), as `#`
+    /// comments before the output.
+    #[arg(long)]
+    explain: bool,
+    /// What to print at the end.
+    #[arg(long, value_enum, default_value = "ir")]
+    emit: Emit,
+    /// Batch sizes for the activation memory in `--emit stats` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,256")]
+    batch: Vec<usize>,
+}
+
+/// Runs `bnc compile`.
+pub fn run(a: CompileArgs) -> anyhow::Result<()> {
+    let mode = a.mode.mode();
+    for name in &a.print_after {
+        lookup(name)?;
+    }
+    let print_after = if a.print_after_all {
+        PrintAfter::All
+    } else if a.print_after_change {
+        PrintAfter::Change
+    } else if !a.print_after.is_empty() {
+        PrintAfter::Named(a.print_after.clone())
+    } else {
+        PrintAfter::Never
+    };
+    let file = a.file.display().to_string();
+    let passes = match (&a.passes, mode, a.no_fold) {
+        (Some(p), _, _) => Some(p.clone()),
+        (None, Mode::Infer, true) => Some(
+            inference_pipeline(false)
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+        (None, _, _) => None,
+    };
+    let source = bnc::load_model(&a.file)?;
+    let opts = CompileOptions {
+        passes,
+        print_after,
+    };
+    let (g, steps) = bnc::compile(source.clone(), mode, &opts).map_err(|e| e.in_file(&file))?;
+    let mut out = String::new();
+    for step in &steps {
+        if let Some(ir) = &step.ir {
+            out.push_str(&format!("// ----- IR after {} -----\n{ir}\n", step.pass));
+        }
+    }
+    if a.explain {
+        for step in &steps {
+            for r in &step.remarks {
+                out.push_str(&format!("# {}: {}: {}\n", step.pass, r.node, r.message));
+            }
+        }
+    }
+    if a.time_passes {
+        eprintln!("{:<18} {:>10}  changed", "pass", "time");
+        for s in &steps {
+            eprintln!(
+                "{:<18} {:>8.3}ms  {}",
+                s.pass,
+                s.elapsed.as_secs_f64() * 1e3,
+                s.changed
+            );
+        }
+    }
+    match a.emit {
+        Emit::Ir => out.push_str(&print(&g)),
+        Emit::Dot => out.push_str(&to_dot(&g)),
+        Emit::Stats | Emit::Clif | Emit::Asm => {
+            if mode != Mode::Infer || a.passes.is_some() {
+                bail!(
+                    "--emit stats, clif and asm compile the default inference pipeline; drop --mode train and --passes"
+                );
+            }
+            let cfg = CompileConfig {
+                threads: 1,
+                fold: !a.no_fold,
+            };
+            let m = InferenceModel::compile(&source, &cfg)
+                .with_context(|| format!("{file}: cannot generate code"))?;
+            out.push_str(&match a.emit {
+                Emit::Stats => stats(&m, &a.batch),
+                _ => code(&m, a.emit == Emit::Asm),
+            });
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn stats(m: &InferenceModel, batches: &[usize]) -> String {
+    let plan = m.plan();
+    let mut s = format!(
+        "{:<28} {:>12} {:>12}  spec\n",
+        "kernel", "MFLOP/image", "KB/image"
+    );
+    for k in &plan.kernels {
+        let flops = bnc::compiler::codegen::flops(&k.spec) as f64 / 1e6;
+        let bytes = bnc::compiler::codegen::bytes(&k.spec) as f64 / 1e3;
+        s.push_str(&format!(
+            "{:<28} {flops:>12.4} {bytes:>12.2}  {:?}\n",
+            k.name, k.spec
+        ));
+    }
+    let st = plan.stats();
+    s.push_str(&format!("kernels: {}\n", st.kernels));
+    s.push_str(&format!(
+        "flops per image: {} ({:.3} MFLOP)\n",
+        st.flops_per_image,
+        st.flops_per_image as f64 / 1e6
+    ));
+    s.push_str(&format!("bytes moved per image: {}\n", st.bytes_per_image));
+    s.push_str(&format!(
+        "activation buffers: {} (f32 per image: {:?})\n",
+        plan.slots.len(),
+        plan.slots
+    ));
+    for &b in batches {
+        let kb = st.activation_bytes_per_image as f64 * b as f64 / 1024.0;
+        s.push_str(&format!(
+            "peak activation memory at batch {b}: {kb:.1} KiB\n"
+        ));
+    }
+    s
+}
+
+fn code(m: &InferenceModel, asm: bool) -> String {
+    let mut s = String::new();
+    for (i, k) in m.plan().kernels.iter().enumerate() {
+        s.push_str(&format!("; ----- kernel {i}: {} -----\n", k.name));
+        let text = if asm {
+            m.kernels().disasm(i).unwrap_or("; (no disassembly)\n")
+        } else {
+            m.kernels().clif(i)
+        };
+        s.push_str(text);
+        s.push('\n');
+    }
+    s
+}
