@@ -15,7 +15,10 @@ fn model(name: &str, fold: bool, threads: usize) -> InferenceModel {
     let path = format!("{}/models/{name}.ir", env!("CARGO_MANIFEST_DIR"));
     let g = bnc::load_model(&path).expect("model parses");
     let mut typed = g.clone();
-    PassManager::new(&["infer-shapes"]).expect("pass").run(&mut typed, Mode::Infer).expect("shapes");
+    PassManager::new(&["infer-shapes"])
+        .expect("pass")
+        .run(&mut typed, Mode::Infer)
+        .expect("shapes");
     let params: ParamStore = init_params(&typed, 0).into_iter().collect();
     let mut m = InferenceModel::compile(&g, &CompileConfig { threads, fold }).expect("compiles");
     m.bind(&params).expect("binds");
@@ -24,7 +27,11 @@ fn model(name: &str, fold: bool, threads: usize) -> InferenceModel {
 
 fn input(batch: usize) -> Tensor {
     let mut rng = SplitMix64::new(7);
-    Tensor::new(vec![batch, 1, 28, 28], (0..batch * 784).map(|_| rng.next_f32()).collect()).expect("shape")
+    Tensor::new(
+        vec![batch, 1, 28, 28],
+        (0..batch * 784).map(|_| rng.next_f32()).collect(),
+    )
+    .expect("shape")
 }
 
 fn inference(c: &mut Criterion) {
@@ -32,7 +39,11 @@ fn inference(c: &mut Criterion) {
     for (batch, threads) in [(1, 1), (256, 2)] {
         let x = input(batch);
         group.throughput(Throughput::Elements(batch as u64));
-        for (label, name, fold) in [("lenet", "lenet", true), ("lenet_bn_folded", "lenet_bn", true), ("lenet_bn_unfolded", "lenet_bn", false)] {
+        for (label, name, fold) in [
+            ("lenet", "lenet", true),
+            ("lenet_bn_folded", "lenet_bn", true),
+            ("lenet_bn_unfolded", "lenet_bn", false),
+        ] {
             let mut m = model(name, fold, threads);
             group.bench_with_input(BenchmarkId::new(label, format!("b{batch}")), &x, |b, x| {
                 b.iter(|| m.run(x).expect("runs"))

@@ -238,7 +238,7 @@ impl InferenceModel {
         &mut self,
         input: &[f32],
         batch: usize,
-        mut times: Option<&mut Vec<Duration>>,
+        times: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<(usize, usize)>, RuntimeError> {
         let weights = self.weights.as_mut().ok_or(RuntimeError::NotBound)?;
         let threads = if times.is_some() {
@@ -311,7 +311,7 @@ impl InferenceModel {
             }
         };
         if threads == 1 {
-            run_thread(0, times.as_deref_mut());
+            run_thread(0, times);
             return Ok(ranges);
         }
         std::thread::scope(|s| {

@@ -56,10 +56,10 @@ impl Planner {
     }
 
     /// Assigns buffers; returns their sizes and the buffer of each value.
-    pub fn assign(&self, _kernels: usize) -> (Vec<usize>, Vec<usize>) {
+    pub fn assign(&self) -> (Vec<usize>, Vec<usize>) {
         let mut slot_len: Vec<usize> = Vec::new();
         let mut slot_busy_until: Vec<usize> = Vec::new();
-        let mut map = vec![0; self.len.len()];
+        let mut map = Vec::with_capacity(self.len.len());
         for v in 0..self.len.len() {
             let (len, birth) = (self.len[v], self.birth[v]);
             let free = |s: &usize| slot_busy_until[*s] < birth;
@@ -83,7 +83,7 @@ impl Planner {
                 }
             };
             slot_busy_until[slot] = self.last_use[v];
-            map[v] = slot;
+            map.push(slot);
         }
         (slot_len, map)
     }
@@ -101,7 +101,7 @@ mod tests {
         let c = p.produce(80, 2, &[b]);
         let d = p.produce(10, 3, &[c]);
         p.keep(d);
-        let (slots, map) = p.assign(4);
+        let (slots, map) = p.assign();
         assert_eq!(slots.len(), 2);
         assert_ne!(map[0], map[1]);
         assert_eq!(map[0], map[2]);
@@ -115,7 +115,7 @@ mod tests {
         let b = p.produce(10, 1, &[a]);
         let c = p.produce(10, 2, &[b, a]);
         p.keep(c);
-        let (_, map) = p.assign(3);
+        let (_, map) = p.assign();
         assert_ne!(map[0], map[1]);
         assert_ne!(map[0], map[2]);
         assert_ne!(map[1], map[2]);

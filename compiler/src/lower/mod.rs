@@ -140,7 +140,7 @@ impl Plan {
     }
 }
 
-fn ty<'g>(g: &'g Graph, id: NodeId) -> Result<&'g TensorType, LowerError> {
+fn ty(g: &Graph, id: NodeId) -> Result<&TensorType, LowerError> {
     g.node(id).ty.as_ref().ok_or_else(|| LowerError::Untyped {
         node: g.node(id).name.clone(),
     })
@@ -361,7 +361,7 @@ pub fn lower(g: &Graph) -> Result<Plan, LowerError> {
             dims: image_dims(ty(g, o)?),
         });
     }
-    let (slots, map) = planner.assign(kernels.len());
+    let (slots, map) = planner.assign();
     for k in &mut kernels {
         for a in &mut k.args {
             if let Arg::Slot(v) = a {
