@@ -13,27 +13,26 @@
 //! - infer: `Y = gamma * (X - running_mean) / sqrt(running_var + eps) + beta`.
 //!
 //! `m` is the `momentum` attribute in the MXNet/d2l convention (0.9 is PyTorch's 0.1).
-//! Every per-element formula is evaluated in `f64` and rounded to `f32` once.
+//! Every formula is evaluated in `f64`; the interpreter rounds each result to `f32` once.
 
-use super::ops::{f32s, tensor};
-use crate::Tensor;
+use super::array::Array;
 use crate::ir::{BatchNormAttrs, VarConvention};
 
 /// How a BatchNorm input is laid out around its channel axis: `outer` blocks (the batch)
 /// of `channels` channels of `inner` contiguous elements (1 for rank 2, `H*W` for rank 4).
-struct Layout {
+pub(super) struct Layout {
     /// The batch size `N`.
-    outer: usize,
+    pub outer: usize,
     /// The channel count `C`.
-    channels: usize,
+    pub channels: usize,
     /// Elements per channel and batch item: 1 or `H*W`.
-    inner: usize,
+    pub inner: usize,
 }
 
 impl Layout {
-    /// The layout of a rank-2 or rank-4 tensor.
-    fn of(x: &Tensor) -> Layout {
-        let s = x.shape();
+    /// The layout of a rank-2 or rank-4 array.
+    pub fn of(x: &Array) -> Layout {
+        let s = &x.shape;
         Layout {
             outer: s[0],
             channels: s[1],
@@ -42,14 +41,14 @@ impl Layout {
     }
 
     /// The flat indices of channel `c`'s elements.
-    fn channel(&self, c: usize) -> impl Iterator<Item = usize> + '_ {
+    pub fn channel(&self, c: usize) -> impl Iterator<Item = usize> + '_ {
         (0..self.outer).flat_map(move |o| {
             (0..self.inner).map(move |i| (o * self.channels + c) * self.inner + i)
         })
     }
 
     /// The channel of flat index `i`.
-    fn channel_of(&self, i: usize) -> usize {
+    pub fn channel_of(&self, i: usize) -> usize {
         (i / self.inner) % self.channels
     }
 }
@@ -65,20 +64,17 @@ pub(super) struct BatchStats {
 }
 
 impl BatchStats {
-    /// Two-pass statistics in `f64`: the mean first, then the mean squared deviation.
-    pub fn of(x: &Tensor) -> BatchStats {
+    /// Two-pass statistics: the mean first, then the mean squared deviation.
+    pub fn of(x: &Array) -> BatchStats {
         let l = Layout::of(x);
-        let data = f32s(x);
+        let data = &x.data;
         let count = l.outer * l.inner;
         let mut mean = vec![0.0; l.channels];
         let mut var = vec![0.0; l.channels];
         for c in 0..l.channels {
-            let sum: f64 = l.channel(c).map(|i| f64::from(data[i])).sum();
+            let sum: f64 = l.channel(c).map(|i| data[i]).sum();
             mean[c] = sum / count as f64;
-            let sq: f64 = l
-                .channel(c)
-                .map(|i| (f64::from(data[i]) - mean[c]).powi(2))
-                .sum();
+            let sq: f64 = l.channel(c).map(|i| (data[i] - mean[c]).powi(2)).sum();
             var[c] = sq / count as f64;
         }
         BatchStats { mean, var, count }
@@ -99,69 +95,51 @@ impl BatchStats {
 
 /// Updates one running statistic in place: `running = m * running + (1 - m) * batch`.
 /// The caller skips empty batches, whose statistics are 0/0.
-pub(super) fn update_running(running: &mut Tensor, batch: &[f64], momentum: f64) {
-    let Some(r) = running.as_f32_mut() else {
-        return;
-    };
-    for (r, &b) in r.iter_mut().zip(batch) {
-        *r = (momentum * f64::from(*r) + (1.0 - momentum) * b) as f32;
+pub(super) fn update_running(running: &mut Array, batch: &[f64], momentum: f64) {
+    for (r, &b) in running.data.iter_mut().zip(batch) {
+        *r = momentum * *r + (1.0 - momentum) * b;
     }
 }
 
-/// `Y = gamma * (X - mean) / sqrt(var + eps) + beta` per channel, in `f64`.
-fn normalize(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    mean: &[f64],
-    var: &[f64],
-    eps: f64,
-) -> Tensor {
+/// `Y = gamma * (X - mean) / sqrt(var + eps) + beta` per channel.
+fn normalize(x: &Array, gamma: &Array, beta: &Array, mean: &[f64], var: &[f64], eps: f64) -> Array {
     let l = Layout::of(x);
-    let (g, b) = (f32s(gamma), f32s(beta));
+    let (g, b) = (&gamma.data, &beta.data);
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let y = f32s(x)
+    let y = x
+        .data
         .iter()
         .enumerate()
         .map(|(i, &v)| {
             let c = l.channel_of(i);
-            let xhat = (f64::from(v) - mean[c]) * inv_std[c];
-            (f64::from(g[c]) * xhat + f64::from(b[c])) as f32
+            g[c] * ((v - mean[c]) * inv_std[c]) + b[c]
         })
         .collect();
-    tensor(x.shape().to_vec(), y)
+    Array::new(x.shape.clone(), y)
 }
 
 /// Train-mode BatchNorm output from the batch statistics (the caller updates the running
 /// statistics with [`update_running`]).
 pub(super) fn train(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
+    x: &Array,
+    gamma: &Array,
+    beta: &Array,
     stats: &BatchStats,
     a: &BatchNormAttrs,
-) -> Tensor {
+) -> Array {
     normalize(x, gamma, beta, &stats.mean, &stats.var, a.eps)
 }
 
 /// Infer-mode BatchNorm: normalizes with the running statistics.
 pub(super) fn infer(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
+    x: &Array,
+    gamma: &Array,
+    beta: &Array,
+    running_mean: &Array,
+    running_var: &Array,
     a: &BatchNormAttrs,
-) -> Tensor {
-    let widen = |t: &Tensor| -> Vec<f64> { f32s(t).iter().map(|&v| f64::from(v)).collect() };
-    normalize(
-        x,
-        gamma,
-        beta,
-        &widen(running_mean),
-        &widen(running_var),
-        a.eps,
-    )
+) -> Array {
+    normalize(x, gamma, beta, &running_mean.data, &running_var.data, a.eps)
 }
 
 #[cfg(test)]

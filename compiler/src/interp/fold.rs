@@ -1,73 +1,59 @@
 //! The ops that `fold-bn` introduces: `scale_shift` on activations and the
-//! parameter-only `bn_scale`, `bn_shift`, `channel_scale` and `channel_affine`. Each is
-//! computed in f64 from its f32 operands and rounded once.
+//! parameter-only `bn_scale`, `bn_shift`, `channel_scale` and `channel_affine`, in `f64`.
 
-use crate::Tensor;
-
-fn f32s(t: &Tensor) -> &[f32] {
-    t.as_f32().unwrap_or(&[])
-}
-
-fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
-    Tensor::new(shape.to_vec(), data).unwrap_or_else(|| Tensor::zeros(&[0]))
-}
+use super::array::Array;
 
 /// `x·s[c] + t[c]` with `c` the index along axis 1 (rank 2 or 4).
-pub fn scale_shift(x: &Tensor, s: &Tensor, t: &Tensor) -> Tensor {
-    let shape = x.shape();
-    let c = shape.get(1).copied().unwrap_or(1).max(1);
-    let inner: usize = shape.iter().skip(2).product();
-    let (s, t) = (f32s(s), f32s(t));
-    let data = f32s(x)
+pub(super) fn scale_shift(x: &Array, s: &Array, t: &Array) -> Array {
+    let c = x.shape.get(1).copied().unwrap_or(1).max(1);
+    let inner: usize = x.shape.iter().skip(2).product();
+    let data = x
+        .data
         .iter()
         .enumerate()
         .map(|(i, &v)| {
             let ch = (i / inner.max(1)) % c;
-            (f64::from(v) * f64::from(s[ch]) + f64::from(t[ch])) as f32
+            v * s.data[ch] + t.data[ch]
         })
         .collect();
-    tensor(shape, data)
+    Array::new(x.shape.clone(), data)
 }
 
 /// `γ/√(var+ε)` per channel.
-pub fn bn_scale(gamma: &Tensor, var: &Tensor, eps: f64) -> Tensor {
-    let data = f32s(gamma)
+pub(super) fn bn_scale(gamma: &Array, var: &Array, eps: f64) -> Array {
+    let data = gamma
+        .data
         .iter()
-        .zip(f32s(var))
-        .map(|(&g, &v)| (f64::from(g) / (f64::from(v) + eps).sqrt()) as f32)
+        .zip(&var.data)
+        .map(|(&g, &v)| g / (v + eps).sqrt())
         .collect();
-    tensor(gamma.shape(), data)
+    Array::new(gamma.shape.clone(), data)
 }
 
 /// `β − mean·γ/√(var+ε)` per channel.
-pub fn bn_shift(gamma: &Tensor, beta: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Tensor {
-    let (g, b, m, v) = (f32s(gamma), f32s(beta), f32s(mean), f32s(var));
-    let data = (0..g.len())
-        .map(|c| {
-            let s = f64::from(g[c]) / (f64::from(v[c]) + eps).sqrt();
-            (f64::from(b[c]) - f64::from(m[c]) * s) as f32
-        })
+pub(super) fn bn_shift(gamma: &Array, beta: &Array, mean: &Array, var: &Array, eps: f64) -> Array {
+    let data = (0..gamma.len())
+        .map(|c| beta.data[c] - mean.data[c] * (gamma.data[c] / (var.data[c] + eps).sqrt()))
         .collect();
-    tensor(gamma.shape(), data)
+    Array::new(gamma.shape.clone(), data)
 }
 
 /// `w[o, ...]·s[o]` along axis 0.
-pub fn channel_scale(w: &Tensor, s: &Tensor) -> Tensor {
-    let s = f32s(s);
-    let per = w.len() / s.len().max(1);
-    let data = f32s(w)
+pub(super) fn channel_scale(w: &Array, s: &Array) -> Array {
+    let per = (w.len() / s.len().max(1)).max(1);
+    let data = w
+        .data
         .iter()
         .enumerate()
-        .map(|(i, &v)| (f64::from(v) * f64::from(s[i / per.max(1)])) as f32)
+        .map(|(i, &v)| v * s.data[i / per])
         .collect();
-    tensor(w.shape(), data)
+    Array::new(w.shape.clone(), data)
 }
 
 /// `b·s + t` per channel.
-pub fn channel_affine(b: &Tensor, s: &Tensor, t: &Tensor) -> Tensor {
-    let (bv, s, t) = (f32s(b), f32s(s), f32s(t));
-    let data = (0..bv.len())
-        .map(|c| (f64::from(bv[c]) * f64::from(s[c]) + f64::from(t[c])) as f32)
+pub(super) fn channel_affine(b: &Array, s: &Array, t: &Array) -> Array {
+    let data = (0..b.len())
+        .map(|c| b.data[c] * s.data[c] + t.data[c])
         .collect();
-    tensor(b.shape(), data)
+    Array::new(b.shape.clone(), data)
 }

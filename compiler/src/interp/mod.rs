@@ -1,9 +1,9 @@
 //! The reference interpreter: the truth that every JIT kernel, every pass and every
 //! gradient is tested against. It executes a verified, shape-inferred graph op by op in
-//! topological order, forward, in infer or train mode. It is slow on purpose and simple:
-//! `f32` storage, `f64` accumulation in every reduction (convolution and dense sums,
-//! BatchNorm statistics, pooling sums, softmax and cross-entropy), naive loops, no
-//! `unsafe`, no SIMD, no threads.
+//! topological order, in infer or train mode, forward ops and the backward ops that
+//! `autodiff` emits alike. It is slow on purpose and simple: `f32` storage, every op
+//! computed in `f64` (every sum, every transcendental function) and its result rounded
+//! to `f32` once, naive loops, no `unsafe`, no SIMD, no threads.
 //!
 //! Parameters live outside the graph in a [`Params`] map keyed by parameter node names
 //! (`conv1.weight`, `bn1.running_mean`); train-mode BatchNorm updates the running
@@ -12,10 +12,16 @@
 //! ```text
 //! let outputs = interp::run(&graph, Mode::Infer, &inputs, &mut params)?;   // outputs only
 //! let all = interp::run_all(&graph, Mode::Train, &inputs, &mut params)?;   // + every value
+//! let g = interp::gradients(&model, &inputs, &params)?;  // loss, logits and every gradient
 //! ```
 
+mod array;
+mod backward;
 mod batch_norm;
 mod fold;
+mod grad;
+#[cfg(test)]
+mod grad_tests;
 mod init;
 mod ops;
 mod rng;
@@ -30,6 +36,8 @@ use crate::Tensor;
 use crate::ir::{Dim, Graph, NodeId, NodeKind, Op, TensorType};
 use crate::passes::Mode;
 
+pub(crate) use array::Array;
+pub use grad::{GradError, Gradients, gradients};
 pub use init::init_params;
 pub use rng::SplitMix64;
 
@@ -182,28 +190,28 @@ impl<'g> Interpreter<'g> {
         let symbols = bind_inputs(g, inputs)?;
         // Every parameter is checked before any op runs, so that a failing run leaves the
         // running statistics untouched.
-        let mut env: HashMap<NodeId, Tensor> = HashMap::new();
+        let mut env: HashMap<NodeId, Array> = HashMap::new();
+        let mut store = BTreeMap::new();
         for id in g.params() {
             let node = g.node(id);
             let value = read_param(&node.name, node.ty.as_ref(), &symbols, params)?;
+            let value = Array::from_tensor(&value);
+            store.insert(node.name.clone(), value.clone());
             env.insert(id, value);
         }
-        for &id in &self.order {
-            let node = g.node(id);
-            let value = match &node.kind {
-                NodeKind::Input => inputs[&node.name].clone(),
-                NodeKind::Param => continue,
-                NodeKind::Op(op) => {
-                    let operands: Vec<&Tensor> = g.operands(id).iter().map(|o| &env[o]).collect();
-                    self.eval(op, &operands, params, g, id)?
-                }
-            };
-            env.insert(id, value);
+        for id in g.inputs() {
+            env.insert(id, Array::from_tensor(&inputs[&g.node(id).name]));
         }
-        let outputs = g.outputs().iter().map(|o| env[o].clone()).collect();
+        let (env, updated) = self.execute(env, &mut store, true)?;
+        for name in updated {
+            if let Some(p) = params.get_mut(&name) {
+                *p = store[&name].to_tensor();
+            }
+        }
+        let outputs = g.outputs().iter().map(|o| env[o].to_tensor()).collect();
         let values = if self.keep_all {
             env.into_iter()
-                .map(|(id, t)| (g.node(id).name.clone(), t))
+                .map(|(id, t)| (g.node(id).name.clone(), t.to_tensor()))
                 .collect()
         } else {
             BTreeMap::new()
@@ -211,55 +219,135 @@ impl<'g> Interpreter<'g> {
         Ok(Outputs { outputs, values })
     }
 
-    /// Evaluates one op on its operands (data operands, then parameters in slot order).
-    fn eval(
+    /// Runs the graph without rounding any value to `f32`: everything stays `f64`, for
+    /// finite-difference checks. Inputs and parameters are bound by name without checks
+    /// (the caller builds them from the graph's types); `params` receives the running
+    /// statistics. Returns the outputs.
+    #[cfg(test)]
+    pub(crate) fn run_exact(
         &self,
-        op: &Op,
-        x: &[&Tensor],
-        params: &mut Params,
-        g: &Graph,
-        id: NodeId,
-    ) -> Result<Tensor, InterpError> {
-        Ok(match op {
-            Op::Conv2d(a) => ops::conv2d(x[0], x[1], x.get(2).copied(), a),
-            Op::Dense(_) => ops::dense(x[0], x[1], x.get(2).copied()),
-            Op::BatchNormInfer(a) => batch_norm::infer(x[0], x[1], x[2], x[3], x[4], a),
-            Op::BatchNorm(a) if self.mode == Mode::Infer => {
-                batch_norm::infer(x[0], x[1], x[2], x[3], x[4], a)
-            }
-            Op::BatchNorm(a) | Op::BatchNormTrain(a) => {
+        inputs: &HashMap<String, Array>,
+        params: &mut BTreeMap<String, Array>,
+    ) -> Result<Vec<Array>, InterpError> {
+        let g = self.graph;
+        let mut env = HashMap::new();
+        for id in g.inputs().into_iter().chain(g.params()) {
+            let name = &g.node(id).name;
+            let value = inputs
+                .get(name)
+                .or_else(|| params.get(name))
+                .ok_or_else(|| InterpError::MissingInput { name: name.clone() })?;
+            env.insert(id, value.clone());
+        }
+        let (env, _) = self.execute(env, params, false)?;
+        Ok(g.outputs().iter().map(|o| env[o].clone()).collect())
+    }
+
+    /// Executes every op in order on the bound inputs and parameters in `env`. Train-mode
+    /// BatchNorm updates the running statistics in `store` (rounded to `f32` when `round`,
+    /// as storing them would); returns every value and the names of the updated ones.
+    fn execute(
+        &self,
+        mut env: HashMap<NodeId, Array>,
+        store: &mut BTreeMap<String, Array>,
+        round: bool,
+    ) -> Result<(HashMap<NodeId, Array>, Vec<String>), InterpError> {
+        let g = self.graph;
+        let mut updated = Vec::new();
+        for &id in &self.order {
+            let NodeKind::Op(op) = &g.node(id).kind else {
+                continue;
+            };
+            let operands = g.operands(id);
+            let x: Vec<&Array> = operands.iter().map(|o| &env[o]).collect();
+            let mut value = apply(op, &x, self.mode)?;
+            let train_bn = match op {
+                Op::BatchNormTrain(a) => Some(a),
+                Op::BatchNorm(a) if self.mode == Mode::Train => Some(a),
+                _ => None,
+            };
+            if let Some(a) = train_bn {
                 let stats = batch_norm::BatchStats::of(x[0]);
                 // The running statistics are read from the store, not from the snapshot
                 // in `x`, so that updates by earlier BatchNorms sharing them compose. An
                 // empty batch has no statistics and leaves them unchanged.
                 if stats.count > 0 {
-                    let operands = g.operands(id);
                     let running_var = stats.running_var_update(a);
                     for (slot, stat) in [(3, &stats.mean), (4, &running_var)] {
                         let name = &g.node(operands[slot]).name;
-                        if let Some(t) = params.get_mut(name) {
+                        if let Some(t) = store.get_mut(name) {
                             batch_norm::update_running(t, stat, a.momentum);
+                            if round {
+                                t.round_f32();
+                            }
+                            updated.push(name.clone());
                         }
                     }
                 }
-                batch_norm::train(x[0], x[1], x[2], &stats, a)
             }
-            Op::Sigmoid => ops::map(x[0], |v| 1.0 / (1.0 + (-v).exp())),
-            Op::Relu => ops::map(x[0], |v| if v < 0.0 { 0.0 } else { v }),
-            Op::Tanh => ops::map(x[0], f64::tanh),
-            Op::AvgPool2d(a) => ops::avg_pool2d(x[0], a),
-            Op::MaxPool2d(a) => ops::max_pool2d(x[0], a),
-            Op::Flatten => ops::flatten(x[0]),
-            Op::Add => ops::add(x[0], x[1]),
-            Op::Softmax => ops::softmax(x[0]),
-            Op::SoftmaxCrossEntropy => ops::softmax_cross_entropy(x[0], x[1])?,
-            Op::ScaleShift => fold::scale_shift(x[0], x[1], x[2]),
-            Op::BnScale { eps } => fold::bn_scale(x[0], x[1], *eps),
-            Op::BnShift { eps } => fold::bn_shift(x[0], x[1], x[2], x[3], *eps),
-            Op::ChannelScale => fold::channel_scale(x[0], x[1]),
-            Op::ChannelAffine => fold::channel_affine(x[0], x[1], x[2]),
-        })
+            if round {
+                value.round_f32();
+            }
+            env.insert(id, value);
+        }
+        Ok((env, updated))
     }
+}
+
+/// The value of one op on its operands (data operands, then parameters in slot order),
+/// without side effects: a train-mode BatchNorm normalizes with the batch statistics but
+/// updates no running statistic (the interpreter does that). `mode` decides the meaning
+/// of the mode-less `batch_norm`.
+pub(crate) fn apply(op: &Op, x: &[&Array], mode: Mode) -> Result<Array, InterpError> {
+    Ok(match op {
+        Op::Conv2d(a) => ops::conv2d(x[0], x[1], x.get(2).copied(), a),
+        Op::Dense(_) => ops::dense(x[0], x[1], x.get(2).copied()),
+        Op::BatchNormInfer(a) => batch_norm::infer(x[0], x[1], x[2], x[3], x[4], a),
+        Op::BatchNorm(a) if mode == Mode::Infer => {
+            batch_norm::infer(x[0], x[1], x[2], x[3], x[4], a)
+        }
+        Op::BatchNorm(a) | Op::BatchNormTrain(a) => {
+            let stats = batch_norm::BatchStats::of(x[0]);
+            batch_norm::train(x[0], x[1], x[2], &stats, a)
+        }
+        Op::Sigmoid => ops::map(x[0], sigmoid),
+        Op::Relu => ops::map(x[0], |v| if v < 0.0 { 0.0 } else { v }),
+        Op::Tanh => ops::map(x[0], f64::tanh),
+        Op::AvgPool2d(a) => ops::avg_pool2d(x[0], a),
+        Op::MaxPool2d(a) => ops::max_pool2d(x[0], a),
+        Op::Flatten => ops::flatten(x[0]),
+        Op::Add => ops::add(x[0], x[1]),
+        Op::Softmax => ops::softmax(x[0]),
+        Op::SoftmaxCrossEntropy => ops::softmax_cross_entropy(x[0], x[1])?,
+        Op::ScaleShift => fold::scale_shift(x[0], x[1], x[2]),
+        Op::BnScale { eps } => fold::bn_scale(x[0], x[1], *eps),
+        Op::BnShift { eps } => fold::bn_shift(x[0], x[1], x[2], x[3], *eps),
+        Op::ChannelScale => fold::channel_scale(x[0], x[1]),
+        Op::ChannelAffine => fold::channel_affine(x[0], x[1], x[2]),
+        Op::SoftmaxCrossEntropyGrad => backward::softmax_cross_entropy_grad(x[0], x[1])?,
+        Op::SoftmaxGrad => backward::softmax_grad(x[0], x[1]),
+        Op::DenseGradInput => backward::dense_grad_input(x[0], x[1]),
+        Op::DenseGradWeight => backward::dense_grad_weight(x[0], x[1]),
+        Op::BiasGrad => backward::bias_grad(x[0]),
+        Op::Conv2dGradInput(a) => backward::conv2d_grad_input(x[0], x[1], a),
+        Op::Conv2dGradWeight(a) => backward::conv2d_grad_weight(x[0], x[1], a),
+        Op::BatchNormTrainGrad { eps } => backward::batch_norm_train_grad(x[0], x[1], x[2], *eps),
+        Op::BatchNormWeightGrad { eps } => backward::batch_norm_weight_grad(x[0], x[1], *eps),
+        // σ'(v) = σ(v)·(1 − σ(v)), from the result y = σ(v).
+        Op::SigmoidGrad => backward::pointwise(x[0], x[1], |d, y| d * y * (1.0 - y)),
+        // relu'(v) = 1 for v > 0, else 0 (0 at the kink, as PyTorch).
+        Op::ReluGrad => backward::pointwise(x[0], x[1], |d, v| if v > 0.0 { d } else { 0.0 }),
+        // tanh'(v) = 1 − tanh(v)², from the result y = tanh(v).
+        Op::TanhGrad => backward::pointwise(x[0], x[1], |d, y| d * (1.0 - y * y)),
+        Op::AvgPool2dGrad(a) => backward::avg_pool2d_grad(x[0], x[1], a),
+        Op::MaxPool2dGrad(a) => backward::max_pool2d_grad(x[0], x[1], a),
+        Op::Unflatten => backward::unflatten(x[0], x[1]),
+    })
+}
+
+/// The logistic sigmoid.
+fn sigmoid(v: f64) -> f64 {
+    1.0 / (1.0 + (-v).exp())
 }
 
 /// Runs `g` forward in `mode` and returns its outputs; see [`Interpreter::run`].

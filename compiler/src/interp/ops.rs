@@ -1,50 +1,102 @@
-//! The per-op kernels of the reference interpreter, other than BatchNorm: naive loops
-//! over row-major tensors, `f64` for every sum and every transcendental function, one
-//! rounding to `f32` per result element. Operands are assumed to satisfy the op's shape
-//! rule, which the verifier and the interpreter's input and parameter checks guarantee.
+//! The per-op forward kernels of the reference interpreter, other than BatchNorm: naive
+//! loops over row-major [`Array`]s, `f64` for every sum and every transcendental
+//! function. Operands are assumed to satisfy the op's shape rule, which the verifier and
+//! the interpreter's input and parameter checks guarantee.
 
 use super::InterpError;
-use crate::Tensor;
+use super::array::Array;
 use crate::ir::shape::window_out;
 use crate::ir::{Conv2dAttrs, PoolAttrs};
-use crate::tensor::TensorData;
 
-/// The `f32` elements of a tensor typed `f32`.
-pub(super) fn f32s(t: &Tensor) -> &[f32] {
-    // Shape inference gives every operand these kernels read as f32 an f32 type, and
-    // inputs and parameters are checked against their types before any op runs.
-    t.as_f32().unwrap_or(&[])
+/// An elementwise function.
+pub(super) fn map(x: &Array, f: impl Fn(f64) -> f64) -> Array {
+    Array::new(x.shape.clone(), x.data.iter().map(|&v| f(v)).collect())
 }
 
-/// An `f32` tensor from a shape and elements whose count the kernel computed from it.
-pub(super) fn tensor(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-    // Every kernel sizes `data` as the product of `shape`, so `new` cannot refuse it;
-    // the fallback keeps the shape rather than panicking.
-    Tensor::new(shape.clone(), data).unwrap_or_else(|| Tensor::zeros(&shape))
-}
-
-/// An elementwise function, evaluated in `f64`.
-pub(super) fn map(x: &Tensor, f: impl Fn(f64) -> f64) -> Tensor {
-    let y = f32s(x).iter().map(|&v| f(f64::from(v)) as f32).collect();
-    tensor(x.shape().to_vec(), y)
-}
-
-/// The elementwise sum of two tensors of one shape.
-pub(super) fn add(x: &Tensor, y: &Tensor) -> Tensor {
-    // One f32 addition is correctly rounded, so it equals the f64 sum rounded once.
-    let z = f32s(x).iter().zip(f32s(y)).map(|(a, b)| a + b).collect();
-    tensor(x.shape().to_vec(), z)
+/// The elementwise sum of two arrays of one shape.
+pub(super) fn add(x: &Array, y: &Array) -> Array {
+    let z = x.data.iter().zip(&y.data).map(|(a, b)| a + b).collect();
+    Array::new(x.shape.clone(), z)
 }
 
 /// Flattens every axis after the first: `[N, d1, d2, ...] -> [N, d1*d2*...]`. Keeps the
 /// element type (labels may be flattened too).
-pub(super) fn flatten(x: &Tensor) -> Tensor {
-    let s = x.shape();
-    let shape = vec![s[0], s[1..].iter().product()];
-    match x.data() {
-        TensorData::F32(v) => tensor(shape, v.clone()),
-        TensorData::I32(v) => {
-            Tensor::new_i32(shape.clone(), v.clone()).unwrap_or_else(|| Tensor::zeros(&shape))
+pub(super) fn flatten(x: &Array) -> Array {
+    let s = &x.shape;
+    x.reshaped(vec![s[0], s[1..].iter().product()])
+}
+
+/// Row-major strides of a `[C, H, W]` plane block, for the convolution index math.
+#[derive(Clone, Copy)]
+pub(super) struct Conv {
+    /// Batch, input channels, input height, input width.
+    pub x: [usize; 4],
+    /// Output channels, input channels per group, kernel height, kernel width.
+    pub w: [usize; 4],
+    /// Output height and width.
+    pub out: [usize; 2],
+    /// Stride.
+    pub stride: [usize; 2],
+    /// Padding.
+    pub padding: [usize; 2],
+    /// Output channels per group.
+    pub og: usize,
+}
+
+impl Conv {
+    /// The geometry of a convolution of `x` (shape `x`) with a weight of shape `w`.
+    pub fn new(
+        x: [usize; 4],
+        w: [usize; 4],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        groups: usize,
+    ) -> Conv {
+        let oh = window_out(x[2], w[2], stride[0], padding[0]).unwrap_or(0);
+        let ow = window_out(x[3], w[3], stride[1], padding[1]).unwrap_or(0);
+        Conv {
+            x,
+            w,
+            out: [oh, ow],
+            stride,
+            padding,
+            og: (w[0] / groups.max(1)).max(1),
+        }
+    }
+
+    /// Calls `f(x index, w index, y index)` for every multiply of the convolution: output
+    /// `[n, o, i, j]` reads input `[n, c, i*sh + ky - ph, j*sw + kx - pw]` of `o`'s group
+    /// and weight `[o, c - group start, ky, kx]`; taps in the padding are skipped.
+    pub fn for_each(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let [n, c, h, wd] = self.x;
+        let [o, cg, kh, kw] = self.w;
+        let [oh, ow] = self.out;
+        for ni in 0..n {
+            for oc in 0..o {
+                let c0 = (oc / self.og) * cg;
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let yi = ((ni * o + oc) * oh + i) * ow + j;
+                        for ci in 0..cg {
+                            for ky in 0..kh {
+                                let Some(iy) = tap(i, ky, self.stride[0], self.padding[0], h)
+                                else {
+                                    continue;
+                                };
+                                for kx in 0..kw {
+                                    let Some(ix) = tap(j, kx, self.stride[1], self.padding[1], wd)
+                                    else {
+                                        continue;
+                                    };
+                                    let xi = ((ni * c + c0 + ci) * h + iy) * wd + ix;
+                                    let wi = ((oc * cg + ci) * kh + ky) * kw + kx;
+                                    f(xi, wi, yi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -52,83 +104,49 @@ pub(super) fn flatten(x: &Tensor) -> Tensor {
 /// `conv2d` over NCHW input: `y[n,o,i,j] = b[o] + sum over c in o's group, ky, kx of
 /// x[n, c, i*sh + ky - ph, j*sw + kx - pw] * w[o, c - group start, ky, kx]`, where
 /// positions outside the input read as zero. Weight `[O, C/groups, kh, kw]`.
-pub(super) fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &Conv2dAttrs) -> Tensor {
-    let [n, c, h, wd] = dims4(x);
-    let [o, cg, kh, kw] = dims4(w);
-    let oh = window_out(h, kh, a.stride[0], a.padding[0]).unwrap_or(0);
-    let ow = window_out(wd, kw, a.stride[1], a.padding[1]).unwrap_or(0);
-    let og = o / a.groups.max(1);
-    let (xd, wdata, bias) = (f32s(x), f32s(w), b.map(f32s));
-    let mut y = vec![0.0f32; n * o * oh * ow];
-    for ni in 0..n {
-        for oc in 0..o {
-            let c0 = (oc / og.max(1)) * cg;
-            for i in 0..oh {
-                for j in 0..ow {
-                    let mut sum = bias.map_or(0.0, |b| f64::from(b[oc]));
-                    for ci in 0..cg {
-                        for ky in 0..kh {
-                            let Some(iy) = tap(i, ky, a.stride[0], a.padding[0], h) else {
-                                continue;
-                            };
-                            for kx in 0..kw {
-                                let Some(ix) = tap(j, kx, a.stride[1], a.padding[1], wd) else {
-                                    continue;
-                                };
-                                let xv = xd[((ni * c + c0 + ci) * h + iy) * wd + ix];
-                                let wv = wdata[((oc * cg + ci) * kh + ky) * kw + kx];
-                                sum += f64::from(xv) * f64::from(wv);
-                            }
-                        }
-                    }
-                    y[((ni * o + oc) * oh + i) * ow + j] = sum as f32;
-                }
-            }
+pub(super) fn conv2d(x: &Array, w: &Array, b: Option<&Array>, a: &Conv2dAttrs) -> Array {
+    let geo = Conv::new(x.dims4(), w.dims4(), a.stride, a.padding, a.groups);
+    let (n, o, [oh, ow]) = (geo.x[0], geo.w[0], geo.out);
+    let mut y = vec![0.0f64; n * o * oh * ow];
+    geo.for_each(|xi, wi, yi| y[yi] += x.data[xi] * w.data[wi]);
+    if let Some(b) = b {
+        for (i, v) in y.iter_mut().enumerate() {
+            *v += b.data[(i / (oh * ow)) % o];
         }
     }
-    tensor(vec![n, o, oh, ow], y)
+    Array::new(vec![n, o, oh, ow], y)
 }
 
 /// `dense`: `y = x W^T + b` with `x: [N, K]`, `W: [U, K]`, `b: [U]`.
-pub(super) fn dense(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
-    let (n, k) = (x.shape()[0], x.shape()[1]);
-    let u = w.shape()[0];
-    let (xd, wd, bias) = (f32s(x), f32s(w), b.map(f32s));
-    let mut y = vec![0.0f32; n * u];
+pub(super) fn dense(x: &Array, w: &Array, b: Option<&Array>) -> Array {
+    let (n, k) = (x.shape[0], x.shape[1]);
+    let u = w.shape[0];
+    let mut y = vec![0.0f64; n * u];
     for i in 0..n {
         for j in 0..u {
-            let mut sum = bias.map_or(0.0, |b| f64::from(b[j]));
+            let mut sum = b.map_or(0.0, |b| b.data[j]);
             for l in 0..k {
-                sum += f64::from(xd[i * k + l]) * f64::from(wd[j * k + l]);
+                sum += x.data[i * k + l] * w.data[j * k + l];
             }
-            y[i * u + j] = sum as f32;
+            y[i * u + j] = sum;
         }
     }
-    tensor(vec![n, u], y)
+    Array::new(vec![n, u], y)
 }
 
 /// The input row (or column) that output position `out`, kernel tap `k` reads, or `None`
 /// when it falls into the padding.
-fn tap(out: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+pub(super) fn tap(out: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
     (out * stride + k)
         .checked_sub(pad)
         .filter(|&pos| pos < size)
 }
 
-/// The four dimensions of a rank-4 tensor.
-fn dims4(t: &Tensor) -> [usize; 4] {
-    let s = t.shape();
-    [s[0], s[1], s[2], s[3]]
-}
-
-/// Applies `reduce` to every pooling window: it receives the window's in-bounds input
-/// values and returns the output element.
-fn pool(x: &Tensor, a: &PoolAttrs, reduce: impl Fn(&[f32]) -> f32) -> Tensor {
-    let [n, c, h, w] = dims4(x);
+/// Calls `f(output index, in-bounds input indices)` for every pooling window.
+pub(super) fn for_each_window(x: &[usize], a: &PoolAttrs, mut f: impl FnMut(usize, &[usize])) {
+    let [n, c, h, w] = [x[0], x[1], x[2], x[3]];
     let oh = window_out(h, a.kernel[0], a.stride[0], a.padding[0]).unwrap_or(0);
     let ow = window_out(w, a.kernel[1], a.stride[1], a.padding[1]).unwrap_or(0);
-    let xd = f32s(x);
-    let mut y = Vec::with_capacity(n * c * oh * ow);
     let mut window = Vec::with_capacity(a.kernel[0] * a.kernel[1]);
     for plane in 0..n * c {
         for i in 0..oh {
@@ -140,98 +158,127 @@ fn pool(x: &Tensor, a: &PoolAttrs, reduce: impl Fn(&[f32]) -> f32) -> Tensor {
                     };
                     for kx in 0..a.kernel[1] {
                         if let Some(ix) = tap(j, kx, a.stride[1], a.padding[1], w) {
-                            window.push(xd[(plane * h + iy) * w + ix]);
+                            window.push((plane * h + iy) * w + ix);
                         }
                     }
                 }
-                y.push(reduce(&window));
+                f((plane * oh + i) * ow + j, &window);
             }
         }
     }
-    tensor(vec![n, c, oh, ow], y)
 }
 
-/// `avg_pool2d`: the window sum in `f64` divided by `kh*kw` when `count_include_pad`
-/// (padded zeros count, PyTorch's default), else by the number of in-bounds elements.
-/// The shape rule keeps padding at most half the kernel, so no window is all padding.
-pub(super) fn avg_pool2d(x: &Tensor, a: &PoolAttrs) -> Tensor {
-    let full = (a.kernel[0] * a.kernel[1]) as f64;
-    pool(x, a, |win| {
-        let sum: f64 = win.iter().map(|&v| f64::from(v)).sum();
-        let count = if a.count_include_pad {
-            full
-        } else {
-            win.len() as f64
-        };
-        (sum / count) as f32
-    })
+/// The output shape of a pooling op.
+pub(super) fn pool_shape(x: &[usize], a: &PoolAttrs) -> Vec<usize> {
+    let oh = window_out(x[2], a.kernel[0], a.stride[0], a.padding[0]).unwrap_or(0);
+    let ow = window_out(x[3], a.kernel[1], a.stride[1], a.padding[1]).unwrap_or(0);
+    vec![x[0], x[1], oh, ow]
 }
 
-/// `max_pool2d`: the window maximum, padding counting as `-inf` (it never wins). A NaN in
-/// the window makes the result NaN, as in PyTorch.
-pub(super) fn max_pool2d(x: &Tensor, a: &PoolAttrs) -> Tensor {
-    pool(x, a, |win| {
-        // Once `m` is NaN no comparison is true, so it stays NaN.
-        win.iter().fold(
-            f32::NEG_INFINITY,
-            |m, &v| if v.is_nan() || v > m { v } else { m },
-        )
-    })
-}
-
-/// Softmax over axis 1 of `[N, K]`, stable: `exp(x - max)` and the row sum in `f64`.
-pub(super) fn softmax(x: &Tensor) -> Tensor {
-    let k = x.shape()[1];
-    let mut y = Vec::with_capacity(x.len());
-    for row in f32s(x).chunks(k.max(1)) {
-        let max = row_max(row);
-        let e: Vec<f64> = row.iter().map(|&v| (f64::from(v) - max).exp()).collect();
-        let sum: f64 = e.iter().sum();
-        y.extend(e.iter().map(|v| (v / sum) as f32));
+/// The divisor of an average-pooling window with `taps` in-bounds elements: `kh*kw`
+/// when `count_include_pad` (padded zeros count, PyTorch's default), else `taps`. The
+/// shape rule keeps padding at most half the kernel, so no window is all padding.
+pub(super) fn avg_divisor(a: &PoolAttrs, taps: usize) -> f64 {
+    if a.count_include_pad {
+        (a.kernel[0] * a.kernel[1]) as f64
+    } else {
+        taps as f64
     }
-    tensor(x.shape().to_vec(), y)
 }
 
-/// The largest element of a row, in `f64` (NaN elements are skipped here and propagate
-/// through the exponentials instead).
-fn row_max(row: &[f32]) -> f64 {
-    row.iter()
-        .map(|&v| f64::from(v))
-        .fold(f64::NEG_INFINITY, f64::max)
+/// `avg_pool2d`: the window sum divided by [`avg_divisor`].
+pub(super) fn avg_pool2d(x: &Array, a: &PoolAttrs) -> Array {
+    let shape = pool_shape(&x.shape, a);
+    let mut y = vec![0.0; shape.iter().product()];
+    for_each_window(&x.shape, a, |o, win| {
+        let sum: f64 = win.iter().map(|&i| x.data[i]).sum();
+        y[o] = sum / avg_divisor(a, win.len());
+    });
+    Array::new(shape, y)
 }
 
-/// Mean softmax cross-entropy of logits `[N, K]` against `i32` labels `[N]`, as a scalar:
-/// `mean_i (logsumexp(x_i) - x_i[label_i])`, with `logsumexp(r) = max(r) + ln sum
-/// exp(r - max(r))` in `f64`. An empty batch gives NaN (0/0), as PyTorch's mean does.
-pub(super) fn softmax_cross_entropy(
-    logits: &Tensor,
-    labels: &Tensor,
-) -> Result<Tensor, InterpError> {
-    let (n, k) = (logits.shape()[0], logits.shape()[1]);
-    let labels = labels.as_i32().unwrap_or(&[]);
-    let x = f32s(logits);
-    let mut total = 0.0f64;
-    for (i, &label) in labels.iter().enumerate().take(n) {
-        let class =
+/// The input index a max-pooling window takes its value from: the first strictly
+/// largest, padding counting as `-inf` (it never wins); a NaN wins and stays, as in
+/// PyTorch. `None` only for a window without elements, which the shape rule excludes.
+pub(super) fn window_argmax(x: &[f64], win: &[usize]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    let mut m = f64::NEG_INFINITY;
+    for &i in win {
+        let v = x[i];
+        // Once `m` is NaN no comparison is true, so it stays NaN.
+        if v.is_nan() || v > m || best.is_none() && v == m {
+            m = v;
+            best = Some(i);
+        }
+    }
+    best
+}
+
+/// `max_pool2d`: the window maximum (see [`window_argmax`]).
+pub(super) fn max_pool2d(x: &Array, a: &PoolAttrs) -> Array {
+    let shape = pool_shape(&x.shape, a);
+    let mut y = vec![f64::NEG_INFINITY; shape.iter().product()];
+    for_each_window(&x.shape, a, |o, win| {
+        if let Some(i) = window_argmax(&x.data, win) {
+            y[o] = x.data[i];
+        }
+    });
+    Array::new(shape, y)
+}
+
+/// Softmax over axis 1 of `[N, K]`, stable: `exp(x - max)` over the row sum.
+pub(super) fn softmax(x: &Array) -> Array {
+    let k = x.shape[1];
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.data.chunks(k.max(1)) {
+        let max = row_max(row);
+        let e: Vec<f64> = row.iter().map(|&v| (v - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        y.extend(e.iter().map(|v| v / sum));
+    }
+    Array::new(x.shape.clone(), y)
+}
+
+/// The largest element of a row (NaN elements are skipped here and propagate through
+/// the exponentials instead).
+fn row_max(row: &[f64]) -> f64 {
+    row.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// The class of every label, checked against the number of classes `k`.
+pub(super) fn classes(labels: &Array, n: usize, k: usize) -> Result<Vec<usize>, InterpError> {
+    labels
+        .data
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, &l)| {
+            let label = l as i32;
             usize::try_from(label)
                 .ok()
-                .filter(|&l| l < k)
+                .filter(|&c| c < k)
                 .ok_or(InterpError::LabelOutOfRange {
                     label,
                     index: i,
                     classes: k,
-                })?;
-        let row = &x[i * k..(i + 1) * k];
+                })
+        })
+        .collect()
+}
+
+/// Mean softmax cross-entropy of logits `[N, K]` against `i32` labels `[N]`, as a scalar:
+/// `mean_i (logsumexp(x_i) - x_i[label_i])`, with `logsumexp(r) = max(r) + ln sum
+/// exp(r - max(r))`. An empty batch gives NaN (0/0), as PyTorch's mean does.
+pub(super) fn softmax_cross_entropy(logits: &Array, labels: &Array) -> Result<Array, InterpError> {
+    let (n, k) = (logits.shape[0], logits.shape[1]);
+    let mut total = 0.0f64;
+    for (i, class) in classes(labels, n, k)?.into_iter().enumerate() {
+        let row = &logits.data[i * k..(i + 1) * k];
         let max = row_max(row);
-        let lse = max
-            + row
-                .iter()
-                .map(|&v| (f64::from(v) - max).exp())
-                .sum::<f64>()
-                .ln();
-        total += lse - f64::from(row[class]);
+        let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f64>().ln();
+        total += lse - row[class];
     }
-    Ok(Tensor::scalar((total / n as f64) as f32))
+    Ok(Array::new(Vec::new(), vec![total / n as f64]))
 }
 
 #[cfg(test)]

@@ -115,9 +115,19 @@ fn every_model_runs_in_train_mode_at_batch_3_and_updates_running_stats() {
             Tensor::new_i32(vec![3], vec![0, 9, 4]).unwrap(),
         );
         let out = run_all(&g, Mode::Train, &inputs, &mut params).unwrap();
-        let [loss, logits] = &out.outputs[..] else {
-            panic!("{name}: expected outputs loss, logits");
+        let [loss, logits, grads @ ..] = &out.outputs[..] else {
+            panic!("{name}: expected outputs loss, logits, gradients");
         };
+        // One gradient per trainable parameter, each finite and of its parameter's shape.
+        let pairs = crate::passes::gradient_outputs(&g);
+        assert_eq!(grads.len(), pairs.len(), "{name}");
+        for (grad, (p, _)) in grads.iter().zip(pairs) {
+            assert_eq!(grad.shape(), params[&g.node(p).name].shape(), "{name}");
+            assert!(
+                grad.as_f32().unwrap().iter().all(|v| v.is_finite()),
+                "{name}"
+            );
+        }
         assert_eq!(loss.shape(), &[] as &[usize], "{name}");
         let loss = loss.as_f32().unwrap()[0];
         assert!(loss.is_finite() && loss > 0.0, "{name}: loss {loss}");

@@ -9,7 +9,8 @@ mod verify;
 
 pub use graph::{DuplicateName, Graph, Node, NodeId, NodeKind};
 pub use op::{
-    BatchNormAttrs, Conv2dAttrs, DenseAttrs, OPS, Op, OpInfo, OpKind, PoolAttrs, VarConvention,
+    BatchNormAttrs, Conv2dAttrs, Conv2dGradInputAttrs, Conv2dGradWeightAttrs, DenseAttrs, OPS, Op,
+    OpInfo, OpKind, PoolAttrs, VarConvention,
 };
 pub use shape::{ShapeError, ShapeErrorKind};
 pub use types::{Dim, Span, TensorType};

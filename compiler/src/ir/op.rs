@@ -74,6 +74,35 @@ pub struct PoolAttrs {
     pub count_include_pad: bool,
 }
 
+/// Attributes of `conv2d_grad_input`: the forward convolution's window and the size of
+/// its input (which the stride makes ambiguous otherwise); the kernel and the channel
+/// counts come from the weight operand.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2dGradInputAttrs {
+    /// Height and width of the forward input, the result's spatial size.
+    pub input_size: [usize; 2],
+    /// The forward stride.
+    pub stride: [usize; 2],
+    /// The forward zero padding on each side.
+    pub padding: [usize; 2],
+    /// The forward number of groups.
+    pub groups: usize,
+}
+
+/// Attributes of `conv2d_grad_weight`: the forward convolution's window (the kernel size
+/// is the result's spatial size).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2dGradWeightAttrs {
+    /// The forward kernel height and width.
+    pub kernel: [usize; 2],
+    /// The forward stride.
+    pub stride: [usize; 2],
+    /// The forward zero padding on each side.
+    pub padding: [usize; 2],
+    /// The forward number of groups.
+    pub groups: usize,
+}
+
 /// An operation with its attributes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -123,6 +152,47 @@ pub enum Op {
     ChannelScale,
     /// Parameter-only: `b·s + t` per channel.
     ChannelAffine,
+    /// Backward of the mean `softmax_cross_entropy` (operands: logits, labels): the
+    /// gradient of the loss w.r.t. the logits, `(softmax(x) − onehot(labels)) / N`.
+    SoftmaxCrossEntropyGrad,
+    /// Backward of `softmax` (operands: dy, y): `y·(dy − Σ_j dy_j·y_j)` per row.
+    SoftmaxGrad,
+    /// Backward of `dense` w.r.t. its input (operands: dy `[N,U]`, w `[U,K]`): `dy·W`.
+    DenseGradInput,
+    /// Backward of `dense` w.r.t. its weight (operands: dy `[N,U]`, x `[N,K]`): `dyᵀ·x`.
+    DenseGradWeight,
+    /// Sum over every axis but axis 1 (operands: dy of rank 2 or 4): the gradient of a
+    /// conv2d/dense bias or of a BatchNorm's β.
+    BiasGrad,
+    /// Backward of `conv2d` w.r.t. its input (operands: dy, w): the transposed
+    /// convolution.
+    Conv2dGradInput(Conv2dGradInputAttrs),
+    /// Backward of `conv2d` w.r.t. its weight (operands: dy, x).
+    Conv2dGradWeight(Conv2dGradWeightAttrs),
+    /// Backward of `batch_norm_train` w.r.t. its input (operands: dy, x, γ), from the
+    /// batch statistics of `x`.
+    BatchNormTrainGrad {
+        /// The BatchNorm's ε.
+        eps: f64,
+    },
+    /// Backward of `batch_norm_train` w.r.t. γ (operands: dy, x): `Σ dy·xhat` per channel.
+    BatchNormWeightGrad {
+        /// The BatchNorm's ε.
+        eps: f64,
+    },
+    /// Backward of `sigmoid` (operands: dy, y): `dy·y·(1 − y)`.
+    SigmoidGrad,
+    /// Backward of `relu` (operands: dy, x): `dy` where `x > 0`, else 0.
+    ReluGrad,
+    /// Backward of `tanh` (operands: dy, y): `dy·(1 − y²)`.
+    TanhGrad,
+    /// Backward of `avg_pool2d` (operands: dy, x; the forward's attributes).
+    AvgPool2dGrad(PoolAttrs),
+    /// Backward of `max_pool2d` (operands: dy, x; the forward's attributes): `dy` routed
+    /// to the element each window's maximum came from.
+    MaxPool2dGrad(PoolAttrs),
+    /// Backward of `flatten` (operands: dy, like): `dy` reshaped to the shape of `like`.
+    Unflatten,
 }
 
 /// The kind of an op, without attributes: the key of the op table.
@@ -166,6 +236,36 @@ pub enum OpKind {
     ChannelScale,
     /// See [`Op::ChannelAffine`].
     ChannelAffine,
+    /// See [`Op::SoftmaxCrossEntropyGrad`].
+    SoftmaxCrossEntropyGrad,
+    /// See [`Op::SoftmaxGrad`].
+    SoftmaxGrad,
+    /// See [`Op::DenseGradInput`].
+    DenseGradInput,
+    /// See [`Op::DenseGradWeight`].
+    DenseGradWeight,
+    /// See [`Op::BiasGrad`].
+    BiasGrad,
+    /// See [`Op::Conv2dGradInput`].
+    Conv2dGradInput,
+    /// See [`Op::Conv2dGradWeight`].
+    Conv2dGradWeight,
+    /// See [`Op::BatchNormTrainGrad`].
+    BatchNormTrainGrad,
+    /// See [`Op::BatchNormWeightGrad`].
+    BatchNormWeightGrad,
+    /// See [`Op::SigmoidGrad`].
+    SigmoidGrad,
+    /// See [`Op::ReluGrad`].
+    ReluGrad,
+    /// See [`Op::TanhGrad`].
+    TanhGrad,
+    /// See [`Op::AvgPool2dGrad`].
+    AvgPool2dGrad,
+    /// See [`Op::MaxPool2dGrad`].
+    MaxPool2dGrad,
+    /// See [`Op::Unflatten`].
+    Unflatten,
 }
 
 /// One row of the op table.
@@ -187,6 +287,8 @@ const CONV_ATTRS: &[&str] = &["channels", "kernel", "stride", "padding", "groups
 const BN_ATTRS: &[&str] = &["eps", "momentum", "running_var"];
 const AVG_POOL_ATTRS: &[&str] = &["kernel", "stride", "padding", "count_include_pad"];
 const MAX_POOL_ATTRS: &[&str] = &["kernel", "stride", "padding"];
+const CONV_GRAD_INPUT_ATTRS: &[&str] = &["input_size", "stride", "padding", "groups"];
+const CONV_GRAD_WEIGHT_ATTRS: &[&str] = &["kernel", "stride", "padding", "groups"];
 
 /// The op table, in documentation order.
 pub const OPS: &[OpInfo] = &[
@@ -323,6 +425,111 @@ pub const OPS: &[OpInfo] = &[
         attrs: &[],
         summary: "parameter-only: b*s + t per channel",
     },
+    OpInfo {
+        kind: OpKind::SoftmaxCrossEntropyGrad,
+        name: "softmax_cross_entropy_grad",
+        data_arity: 2,
+        attrs: &[],
+        summary: "backward of softmax_cross_entropy: (softmax(logits) - onehot(labels)) / N",
+    },
+    OpInfo {
+        kind: OpKind::SoftmaxGrad,
+        name: "softmax_grad",
+        data_arity: 2,
+        attrs: &[],
+        summary: "backward of softmax: y*(dy - sum(dy*y)) per row",
+    },
+    OpInfo {
+        kind: OpKind::DenseGradInput,
+        name: "dense_grad_input",
+        data_arity: 2,
+        attrs: &[],
+        summary: "backward of dense w.r.t. its input: dy [N,U] times w [U,K]",
+    },
+    OpInfo {
+        kind: OpKind::DenseGradWeight,
+        name: "dense_grad_weight",
+        data_arity: 2,
+        attrs: &[],
+        summary: "backward of dense w.r.t. its weight: dy^T [U,N] times x [N,K]",
+    },
+    OpInfo {
+        kind: OpKind::BiasGrad,
+        name: "bias_grad",
+        data_arity: 1,
+        attrs: &[],
+        summary: "sum over every axis but 1: the gradient of a bias or of a BatchNorm beta",
+    },
+    OpInfo {
+        kind: OpKind::Conv2dGradInput,
+        name: "conv2d_grad_input",
+        data_arity: 2,
+        attrs: CONV_GRAD_INPUT_ATTRS,
+        summary: "backward of conv2d w.r.t. its input (dy, w): the transposed convolution",
+    },
+    OpInfo {
+        kind: OpKind::Conv2dGradWeight,
+        name: "conv2d_grad_weight",
+        data_arity: 2,
+        attrs: CONV_GRAD_WEIGHT_ATTRS,
+        summary: "backward of conv2d w.r.t. its weight (dy, x)",
+    },
+    OpInfo {
+        kind: OpKind::BatchNormTrainGrad,
+        name: "batch_norm_train_grad",
+        data_arity: 3,
+        attrs: &["eps"],
+        summary: "backward of batch_norm_train w.r.t. its input (dy, x, gamma), batch statistics",
+    },
+    OpInfo {
+        kind: OpKind::BatchNormWeightGrad,
+        name: "batch_norm_weight_grad",
+        data_arity: 2,
+        attrs: &["eps"],
+        summary: "backward of batch_norm_train w.r.t. gamma (dy, x): sum of dy*xhat per channel",
+    },
+    OpInfo {
+        kind: OpKind::SigmoidGrad,
+        name: "sigmoid_grad",
+        data_arity: 2,
+        attrs: &[],
+        summary: "backward of sigmoid (dy, y): dy*y*(1-y)",
+    },
+    OpInfo {
+        kind: OpKind::ReluGrad,
+        name: "relu_grad",
+        data_arity: 2,
+        attrs: &[],
+        summary: "backward of relu (dy, x): dy where x > 0, else 0",
+    },
+    OpInfo {
+        kind: OpKind::TanhGrad,
+        name: "tanh_grad",
+        data_arity: 2,
+        attrs: &[],
+        summary: "backward of tanh (dy, y): dy*(1-y^2)",
+    },
+    OpInfo {
+        kind: OpKind::AvgPool2dGrad,
+        name: "avg_pool2d_grad",
+        data_arity: 2,
+        attrs: AVG_POOL_ATTRS,
+        summary: "backward of avg_pool2d (dy, x)",
+    },
+    OpInfo {
+        kind: OpKind::MaxPool2dGrad,
+        name: "max_pool2d_grad",
+        data_arity: 2,
+        attrs: MAX_POOL_ATTRS,
+        summary: "backward of max_pool2d (dy, x): dy routed to each window's maximum",
+    },
+    OpInfo {
+        kind: OpKind::Unflatten,
+        name: "unflatten",
+        data_arity: 2,
+        attrs: &[],
+        summary: "backward of flatten (dy, like): dy reshaped to the shape of like",
+    },
 ];
 
 impl OpKind {
@@ -330,6 +537,16 @@ impl OpKind {
     pub fn info(self) -> &'static OpInfo {
         // The table lists every kind exactly once (checked by a unit test).
         OPS.iter().find(|i| i.kind == self).unwrap_or(&OPS[0])
+    }
+
+    /// Whether ops of this kind are backward ops (see [`Op::is_backward`]).
+    pub fn is_backward(self) -> bool {
+        // The backward ops are the table's rows from `softmax_cross_entropy_grad` on.
+        let first = OPS
+            .iter()
+            .position(|i| i.kind == OpKind::SoftmaxCrossEntropyGrad)
+            .unwrap_or(OPS.len());
+        OPS[first..].iter().any(|i| i.kind == self)
     }
 
     /// Looks a kind up by its text name.
@@ -361,6 +578,21 @@ impl Op {
             Op::BnShift { .. } => OpKind::BnShift,
             Op::ChannelScale => OpKind::ChannelScale,
             Op::ChannelAffine => OpKind::ChannelAffine,
+            Op::SoftmaxCrossEntropyGrad => OpKind::SoftmaxCrossEntropyGrad,
+            Op::SoftmaxGrad => OpKind::SoftmaxGrad,
+            Op::DenseGradInput => OpKind::DenseGradInput,
+            Op::DenseGradWeight => OpKind::DenseGradWeight,
+            Op::BiasGrad => OpKind::BiasGrad,
+            Op::Conv2dGradInput(_) => OpKind::Conv2dGradInput,
+            Op::Conv2dGradWeight(_) => OpKind::Conv2dGradWeight,
+            Op::BatchNormTrainGrad { .. } => OpKind::BatchNormTrainGrad,
+            Op::BatchNormWeightGrad { .. } => OpKind::BatchNormWeightGrad,
+            Op::SigmoidGrad => OpKind::SigmoidGrad,
+            Op::ReluGrad => OpKind::ReluGrad,
+            Op::TanhGrad => OpKind::TanhGrad,
+            Op::AvgPool2dGrad(_) => OpKind::AvgPool2dGrad,
+            Op::MaxPool2dGrad(_) => OpKind::MaxPool2dGrad,
+            Op::Unflatten => OpKind::Unflatten,
         }
     }
 
@@ -393,6 +625,12 @@ impl Op {
         self.data_arity() + self.param_slots().len()
     }
 
+    /// Whether this is a backward op, which `autodiff` emits (and which has no gradient
+    /// rule of its own).
+    pub fn is_backward(&self) -> bool {
+        self.kind().is_backward()
+    }
+
     /// The BatchNorm attributes of any BatchNorm op.
     pub fn batch_norm_attrs(&self) -> Option<&BatchNormAttrs> {
         match self {
@@ -419,14 +657,29 @@ impl Op {
                 ("momentum", format!("{:?}", a.momentum)),
                 ("running_var", a.running_var.to_string()),
             ],
-            Op::BnScale { eps } | Op::BnShift { eps } => vec![("eps", format!("{eps:?}"))],
-            Op::AvgPool2d(a) | Op::MaxPool2d(a) => {
+            Op::BnScale { eps }
+            | Op::BnShift { eps }
+            | Op::BatchNormTrainGrad { eps }
+            | Op::BatchNormWeightGrad { eps } => vec![("eps", format!("{eps:?}"))],
+            Op::Conv2dGradInput(a) => vec![
+                ("input_size", pair(a.input_size)),
+                ("stride", pair(a.stride)),
+                ("padding", pair(a.padding)),
+                ("groups", a.groups.to_string()),
+            ],
+            Op::Conv2dGradWeight(a) => vec![
+                ("kernel", pair(a.kernel)),
+                ("stride", pair(a.stride)),
+                ("padding", pair(a.padding)),
+                ("groups", a.groups.to_string()),
+            ],
+            Op::AvgPool2d(a) | Op::MaxPool2d(a) | Op::AvgPool2dGrad(a) | Op::MaxPool2dGrad(a) => {
                 let mut v = vec![
                     ("kernel", pair(a.kernel)),
                     ("stride", pair(a.stride)),
                     ("padding", pair(a.padding)),
                 ];
-                if matches!(self, Op::AvgPool2d(_)) {
+                if matches!(self, Op::AvgPool2d(_) | Op::AvgPool2dGrad(_)) {
                     v.push(("count_include_pad", a.count_include_pad.to_string()));
                 }
                 v
@@ -459,6 +712,6 @@ mod tests {
                 assert_ne!(a.name, b.name);
             }
         }
-        assert_eq!(OPS.len(), 19);
+        assert_eq!(OPS.len(), 34);
     }
 }

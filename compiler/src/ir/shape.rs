@@ -4,6 +4,9 @@
 
 use thiserror::Error;
 
+#[path = "shape_backward.rs"]
+mod backward;
+
 use super::op::{Conv2dAttrs, Op, PoolAttrs};
 use super::types::{Dim, Span, TensorType};
 use crate::DType;
@@ -125,6 +128,19 @@ pub enum ShapeErrorKind {
     Untyped {
         /// The operand's name.
         name: String,
+    },
+    /// A backward op's incoming gradient has another spatial size than the forward
+    /// window gives.
+    #[error("{op} expects a gradient of spatial size {h}x{w}, got {got}")]
+    GradSize {
+        /// The op's text name.
+        op: &'static str,
+        /// The height the forward window gives.
+        h: usize,
+        /// The width the forward window gives.
+        w: usize,
+        /// The incoming gradient's type.
+        got: TensorType,
     },
     /// A tensor would have more than [`MAX_ELEMENTS`] elements per batch item.
     #[error("{ty} is too large: more than {max} elements", max = MAX_ELEMENTS)]
@@ -416,6 +432,21 @@ pub fn infer(op: &Op, data: &[&TensorType]) -> Result<Inferred, ShapeErrorKind> 
                 params: Vec::new(),
             }
         }
+        Op::SoftmaxCrossEntropyGrad
+        | Op::SoftmaxGrad
+        | Op::DenseGradInput
+        | Op::DenseGradWeight
+        | Op::BiasGrad
+        | Op::Conv2dGradInput(_)
+        | Op::Conv2dGradWeight(_)
+        | Op::BatchNormTrainGrad { .. }
+        | Op::BatchNormWeightGrad { .. }
+        | Op::SigmoidGrad
+        | Op::ReluGrad
+        | Op::TanhGrad
+        | Op::AvgPool2dGrad(_)
+        | Op::MaxPool2dGrad(_)
+        | Op::Unflatten => backward::infer(op, data)?,
         Op::SoftmaxCrossEntropy => {
             let (x, labels) = (data[0], data[1]);
             expect_f32(name, 0, x)?;

@@ -4,20 +4,24 @@
 //! never print, read files or the environment, or keep global state.
 
 mod attach_loss;
+mod autodiff;
 mod dead_code;
 mod fold_batch_norm;
 mod infer_shapes;
 mod lower_batch_norm;
+mod redundant_bias;
 
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 pub use attach_loss::AttachLoss;
+pub use autodiff::{Autodiff, gradient_outputs};
 pub use dead_code::DeadCodeElimination;
 pub use fold_batch_norm::FoldBatchNorm;
 pub use infer_shapes::{InferShapes, infer_shapes};
 pub use lower_batch_norm::LowerBatchNorm;
+pub use redundant_bias::RedundantBias;
 
 use crate::ir::{Graph, ShapeError, VerifyError, verify};
 use crate::suggest::suggest;
@@ -102,6 +106,23 @@ pub enum PassError {
         /// The number of outputs.
         count: usize,
     },
+    /// `autodiff` needs a loss to differentiate.
+    #[error("autodiff needs a softmax_cross_entropy output (run attach-loss first)")]
+    NoLoss,
+    /// An op on the way from a trainable parameter to the loss has no gradient rule.
+    #[error("autodiff cannot differentiate `{node}`: {op} has no gradient rule")]
+    NotDifferentiable {
+        /// The node.
+        node: String,
+        /// Its op's text name.
+        op: &'static str,
+    },
+    /// The name of a parameter's gradient, `grad.<param>`, is taken by another node.
+    #[error("autodiff names the gradient of `{param}` `grad.{param}`, but that name is taken")]
+    GradName {
+        /// The parameter.
+        param: String,
+    },
     /// The verifier failed on the graph as given (before any pass).
     #[error(transparent)]
     Invalid(Box<VerifyError>),
@@ -146,6 +167,16 @@ pub const REGISTRY: &[PassInfo] = &[
         make: || Box::new(AttachLoss),
     },
     PassInfo {
+        name: "redundant-bias",
+        summary: "train mode: drop the bias of a conv2d/dense whose only consumer is a batch_norm_train",
+        make: || Box::new(RedundantBias),
+    },
+    PassInfo {
+        name: "autodiff",
+        summary: "train mode: append the gradient of the loss w.r.t. every trainable parameter",
+        make: || Box::new(Autodiff),
+    },
+    PassInfo {
         name: "fold-bn",
         summary: "infer mode: fold batch_norm_infer into the preceding conv2d/dense, else make it a scale_shift",
         make: || Box::new(FoldBatchNorm { fold: true }),
@@ -166,7 +197,14 @@ pub const REGISTRY: &[PassInfo] = &[
 pub fn default_pipeline(mode: Mode) -> &'static [&'static str] {
     match mode {
         Mode::Infer => inference_pipeline(true),
-        Mode::Train => &["infer-shapes", "lower-batch-norm", "attach-loss", "dce"],
+        Mode::Train => &[
+            "infer-shapes",
+            "lower-batch-norm",
+            "attach-loss",
+            "redundant-bias",
+            "autodiff",
+            "dce",
+        ],
     }
 }
 

@@ -6,8 +6,8 @@ use super::lexer::{Tok, Token, lex_line};
 use super::{MAX_LINE_CHARS, ParseError, ParseErrorKind};
 use crate::DType;
 use crate::ir::{
-    BatchNormAttrs, Conv2dAttrs, DenseAttrs, Dim, Graph, Node, NodeId, NodeKind, Op, OpKind,
-    PoolAttrs, Span, TensorType, VarConvention,
+    BatchNormAttrs, Conv2dAttrs, Conv2dGradInputAttrs, Conv2dGradWeightAttrs, DenseAttrs, Dim,
+    Graph, Node, NodeId, NodeKind, Op, OpKind, PoolAttrs, Span, TensorType, VarConvention,
 };
 use crate::suggest::suggest;
 
@@ -513,6 +513,31 @@ fn build_op(s: &OpStmt) -> R<Op> {
         OpKind::BnShift => Op::BnShift { eps: bn()?.eps },
         OpKind::ChannelScale => Op::ChannelScale,
         OpKind::ChannelAffine => Op::ChannelAffine,
+        OpKind::SoftmaxCrossEntropyGrad => Op::SoftmaxCrossEntropyGrad,
+        OpKind::SoftmaxGrad => Op::SoftmaxGrad,
+        OpKind::DenseGradInput => Op::DenseGradInput,
+        OpKind::DenseGradWeight => Op::DenseGradWeight,
+        OpKind::BiasGrad => Op::BiasGrad,
+        OpKind::Conv2dGradInput => Op::Conv2dGradInput(Conv2dGradInputAttrs {
+            input_size: at.pair("input_size", None, false, ks)?,
+            stride: at.pair("stride", Some([1, 1]), false, ks)?,
+            padding: at.pair("padding", Some([0, 0]), true, ks)?,
+            groups: at.usize("groups", Some(1), false, ks)?,
+        }),
+        OpKind::Conv2dGradWeight => Op::Conv2dGradWeight(Conv2dGradWeightAttrs {
+            kernel: at.pair("kernel", None, false, ks)?,
+            stride: at.pair("stride", Some([1, 1]), false, ks)?,
+            padding: at.pair("padding", Some([0, 0]), true, ks)?,
+            groups: at.usize("groups", Some(1), false, ks)?,
+        }),
+        OpKind::BatchNormTrainGrad => Op::BatchNormTrainGrad { eps: bn()?.eps },
+        OpKind::BatchNormWeightGrad => Op::BatchNormWeightGrad { eps: bn()?.eps },
+        OpKind::SigmoidGrad => Op::SigmoidGrad,
+        OpKind::ReluGrad => Op::ReluGrad,
+        OpKind::TanhGrad => Op::TanhGrad,
+        OpKind::AvgPool2dGrad => Op::AvgPool2dGrad(pool()?),
+        OpKind::MaxPool2dGrad => Op::MaxPool2dGrad(pool()?),
+        OpKind::Unflatten => Op::Unflatten,
     })
 }
 
