@@ -20,6 +20,7 @@ pub use bnc_compiler as compiler;
 pub use bnc_compiler::ir::Graph;
 pub use bnc_compiler::passes::{Mode, PassError, PrintAfter, Step};
 pub use bnc_runtime as runtime;
+pub use bnc_runtime::atomic::write_atomically;
 
 use bnc_compiler::ir::{ShapeError, Span, VerifyError};
 use bnc_compiler::passes::{PassManager, default_pipeline};

@@ -1,5 +1,9 @@
 //! bnc's runtime: weights (safetensors), datasets, the executor and the training loop.
 
+pub mod atomic;
 pub mod data;
 pub mod model;
+pub mod sgd;
+pub mod train;
+mod train_bwd;
 pub mod weights;

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use bnc_compiler::{DType, Tensor, TensorData};
@@ -232,39 +232,10 @@ impl ParamStore {
     /// must not save to the same path at once: they would share the temporary name.)
     pub fn save(&self, path: &Path) -> Result<(), WeightsError> {
         let bytes = self.encode(path)?;
-        let write_error = |source| WeightsError::Write {
+        crate::atomic::write_atomically(path, &bytes).map_err(|source| WeightsError::Write {
             path: path.to_path_buf(),
             source,
-        };
-        let file_name = path.file_name().ok_or_else(|| {
-            write_error(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the path does not name a file",
-            ))
-        })?;
-        let dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            file_name.to_string_lossy(),
-            std::process::id()
-        ));
-
-        let written = write_synced(&tmp, &bytes).and_then(|()| fs::rename(&tmp, path));
-        if let Err(source) = written {
-            // Best effort: the temporary file may not even have been created.
-            let _ = fs::remove_file(&tmp);
-            return Err(write_error(source));
-        }
-        // Make the rename itself durable. The new file is already complete and in
-        // place, so a failure here (some filesystems refuse to sync directories) loses
-        // nothing that an error could help with.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        })
     }
 
     /// The safetensors bytes of the store; `path` only names the file in errors.
@@ -395,12 +366,6 @@ fn check_offsets(bytes: &[u8]) -> Result<(), SafeTensorError> {
 }
 
 /// Writes `bytes` to a fresh file at `path` and syncs it to disk.
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

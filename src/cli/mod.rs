@@ -3,6 +3,8 @@
 mod bench;
 mod compile;
 mod infer;
+mod plot;
+mod train;
 
 use std::path::PathBuf;
 
@@ -71,6 +73,8 @@ enum Command {
     Run(infer::RunArgs),
     /// Measure inference speed: images/s, compile time and per-kernel time.
     Bench(bench::BenchArgs),
+    /// Train a model on Fashion-MNIST with SGD: a row per epoch, then the learned bn1 γ and β.
+    Train(train::TrainArgs),
 }
 
 /// Runs the parsed command.
@@ -86,5 +90,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init { file, seed, output } => infer::init(&file, seed, &output),
         Command::Run(args) => infer::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
     }
 }

@@ -239,4 +239,45 @@ impl JitKernels {
         unsafe { c.f.call(&ptrs, 0, batch) };
         Ok(())
     }
+
+    /// Safely runs kernel `i` on images `0..batch` with all its buffers in calling order
+    /// (inputs and outputs alike, for kernels that write several buffers) after checking
+    /// every buffer's length.
+    pub fn run_bufs(
+        &self,
+        i: usize,
+        bufs: &mut [Vec<f32>],
+        batch: usize,
+    ) -> Result<(), CodegenError> {
+        let c = self.kernels.get(i).ok_or(CodegenError::NoKernel {
+            index: i,
+            len: self.kernels.len(),
+        })?;
+        let lens = c.spec.buffer_lens(batch);
+        if bufs.len() != lens.len() {
+            return Err(CodegenError::BufferCount {
+                index: i,
+                expected: lens.len(),
+                got: bufs.len(),
+            });
+        }
+        if batch == 0 {
+            return Ok(());
+        }
+        for (buffer, (b, expected)) in bufs.iter().zip(lens).enumerate() {
+            if b.len() < expected.max(1) {
+                return Err(CodegenError::BufferLen {
+                    index: i,
+                    buffer,
+                    expected: expected.max(1),
+                    got: b.len(),
+                });
+            }
+        }
+        let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        // SAFETY: `self` is alive, every buffer was checked against `buffer_lens(batch)`, and
+        // the buffers are distinct vectors exclusively borrowed for the call.
+        unsafe { c.f.call(&ptrs, 0, batch) };
+        Ok(())
+    }
 }

@@ -22,11 +22,15 @@ mod kernels;
 pub mod loop_ir;
 mod math;
 mod reference;
+mod reference_train;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_train;
 
 pub use jit::{JitKernels, KernelFn};
 pub use reference::reference;
+pub use reference_train::reference_train;
 
 /// An elementwise activation applied in a kernel's epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -179,6 +183,89 @@ pub enum KernelSpec {
         /// Row length.
         classes: usize,
     },
+    /// Training forward of a convolution (groups 1): writes the raw output (plus bias) and,
+    /// if `stats`, accumulates in its epilogue the per-channel batch statistics of that output
+    /// over the call's images (see [`train_stats`] for the layout).
+    TrainConv2d {
+        /// Input channels.
+        c_in: usize,
+        /// Input height.
+        h: usize,
+        /// Input width.
+        w: usize,
+        /// Output channels.
+        c_out: usize,
+        /// Kernel size `[kh, kw]`.
+        kernel: [usize; 2],
+        /// Stride `[sh, sw]`.
+        stride: [usize; 2],
+        /// Zero padding `[ph, pw]`.
+        padding: [usize; 2],
+        /// Add a bias.
+        bias: bool,
+        /// Also write the statistics buffer.
+        stats: bool,
+    },
+    /// Training forward of a dense layer (weight packed by [`pack_weight`] as for `Dense`):
+    /// raw output plus bias and, if `stats`, per-feature batch statistics over the call's images.
+    TrainDense {
+        /// Input features.
+        in_f: usize,
+        /// Output features.
+        out_f: usize,
+        /// Add a bias.
+        bias: bool,
+        /// Also write the statistics buffer.
+        stats: bool,
+    },
+    /// Train-mode BatchNorm apply: `a = act(x * scale[c] + shift[c])` saved for the backward
+    /// pass, then pooled into the output, in one kernel.
+    BnActPool {
+        /// Channels.
+        c: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+        /// The activation.
+        act: Activation,
+        /// The pool applied to the saved activation.
+        pool: Pool2d,
+    },
+    /// Weight gradient of a stride-1, groups-1 convolution over the call's images:
+    /// `dw[co, ci, ky, kx] = Σ_n Σ_oy,ox dy[n, co, oy, ox] · x[n, ci, oy+ky-ph, ox+kx-pw]`.
+    ConvGradW {
+        /// Input channels.
+        c_in: usize,
+        /// Input height.
+        h: usize,
+        /// Input width.
+        w: usize,
+        /// Output channels.
+        c_out: usize,
+        /// Kernel size `[kh, kw]`.
+        kernel: [usize; 2],
+        /// Zero padding `[ph, pw]`.
+        padding: [usize; 2],
+    },
+    /// Weight gradient of a dense layer over the call's images, in PyTorch layout:
+    /// `dw[o, i] = Σ_n dy[n, o] · x[n, i]`.
+    DenseGradW {
+        /// Input features.
+        in_f: usize,
+        /// Output features.
+        out_f: usize,
+    },
+}
+
+/// The layout of the statistics buffer of `TrainConv2d`/`TrainDense` for `c` channels:
+/// three planes of `c` floats, `shift[c]`, `Σ (x - shift)` and `Σ (x - shift)²` over the
+/// call's images (and pixels), where `shift` is the channel's first value of the first image.
+/// Shifting by a sample keeps both sums small, so the variance `(s2 - s1²/m) / m` does not
+/// cancel catastrophically even for data with a large mean; the runtime merges the per-thread
+/// triples in `f64` with Chan's formula.
+pub fn train_stats(c: usize) -> usize {
+    3 * c
 }
 
 /// Why a set of kernels could not be compiled or run.
@@ -310,6 +397,24 @@ impl KernelSpec {
             KernelSpec::Pool { .. } | KernelSpec::Unary { .. } | KernelSpec::Softmax { .. } => {
                 v.push("input")
             }
+            KernelSpec::TrainConv2d { bias, stats, .. }
+            | KernelSpec::TrainDense { bias, stats, .. } => {
+                v.extend(["input", "weight"]);
+                if bias {
+                    v.push("bias");
+                }
+                v.push("output");
+                if stats {
+                    v.push("stats");
+                }
+                return v;
+            }
+            KernelSpec::BnActPool { .. } => {
+                return vec!["input", "scale", "shift", "saved", "output"];
+            }
+            KernelSpec::ConvGradW { .. } | KernelSpec::DenseGradW { .. } => {
+                v.extend(["input", "grad"])
+            }
         }
         v.push("output");
         v
@@ -323,6 +428,10 @@ impl KernelSpec {
             KernelSpec::ScaleShift { c, h, w, .. } | KernelSpec::Pool { c, h, w, .. } => c * h * w,
             KernelSpec::Unary { len, .. } | KernelSpec::Add { len, .. } => len,
             KernelSpec::Softmax { classes } => classes,
+            KernelSpec::TrainConv2d { c_in, h, w, .. }
+            | KernelSpec::ConvGradW { c_in, h, w, .. } => c_in * h * w,
+            KernelSpec::TrainDense { in_f, .. } | KernelSpec::DenseGradW { in_f, .. } => in_f,
+            KernelSpec::BnActPool { c, h, w, .. } => c * h * w,
         }
     }
 
@@ -355,6 +464,29 @@ impl KernelSpec {
             KernelSpec::Pool { c, h, w, pool } => pooled(c, h, w, Some(pool)),
             KernelSpec::Unary { len, .. } | KernelSpec::Add { len, .. } => [len, 1, 1],
             KernelSpec::Softmax { classes } => [classes, 1, 1],
+            KernelSpec::TrainConv2d {
+                h,
+                w,
+                c_out,
+                kernel,
+                stride,
+                padding,
+                ..
+            } => [
+                c_out,
+                window_out(h, kernel[0], stride[0], padding[0]),
+                window_out(w, kernel[1], stride[1], padding[1]),
+            ],
+            KernelSpec::TrainDense { out_f, .. } => [out_f, 1, 1],
+            KernelSpec::BnActPool { c, h, w, pool, .. } => pooled(c, h, w, Some(pool)),
+            // Weight gradients are not per image; see `buffer_lens`.
+            KernelSpec::ConvGradW {
+                c_in,
+                c_out,
+                kernel,
+                ..
+            } => [c_out * c_in * kernel[0] * kernel[1], 1, 1],
+            KernelSpec::DenseGradW { in_f, out_f } => [out_f * in_f, 1, 1],
         }
     }
 
@@ -386,10 +518,62 @@ impl KernelSpec {
             KernelSpec::ScaleShift { c, .. } => v.extend([c, c]),
             KernelSpec::Add { len, .. } => v.push(n * len),
             KernelSpec::Pool { .. } | KernelSpec::Unary { .. } | KernelSpec::Softmax { .. } => {}
+            KernelSpec::TrainConv2d {
+                c_in,
+                c_out,
+                kernel,
+                bias,
+                stats,
+                ..
+            } => {
+                v.push(c_out * c_in * kernel[0] * kernel[1]);
+                return train_lens(v, n * self.out_len(), c_out, bias, stats);
+            }
+            KernelSpec::TrainDense {
+                in_f,
+                out_f,
+                bias,
+                stats,
+            } => {
+                v.push(in_f * out_f);
+                return train_lens(v, n * out_f, out_f, bias, stats);
+            }
+            KernelSpec::BnActPool { c, h, w, .. } => {
+                v.extend([c, c, n * c * h * w, n * self.out_len()]);
+                return v;
+            }
+            KernelSpec::ConvGradW {
+                h,
+                w,
+                c_out,
+                kernel,
+                padding,
+                ..
+            } => {
+                let oh = window_out(h, kernel[0], 1, padding[0]);
+                let ow = window_out(w, kernel[1], 1, padding[1]);
+                v.extend([n * c_out * oh * ow, self.out_len()]);
+                return v;
+            }
+            KernelSpec::DenseGradW { out_f, .. } => {
+                v.extend([n * out_f, self.out_len()]);
+                return v;
+            }
         }
         v.push(n * self.out_len());
         v
     }
+}
+
+fn train_lens(mut v: Vec<usize>, out: usize, c: usize, bias: bool, stats: bool) -> Vec<usize> {
+    if bias {
+        v.push(c);
+    }
+    v.push(out);
+    if stats {
+        v.push(train_stats(c));
+    }
+    v
 }
 
 fn per_channel(v: &mut Vec<usize>, epi: Epilogue, c: usize) {
@@ -408,7 +592,7 @@ fn per_channel(v: &mut Vec<usize>, epi: Epilogue, c: usize) {
 /// kinds have no weight and get a copy.
 pub fn pack_weight(spec: &KernelSpec, weight: &[f32]) -> Vec<f32> {
     match *spec {
-        KernelSpec::Dense { in_f, out_f, .. } => {
+        KernelSpec::Dense { in_f, out_f, .. } | KernelSpec::TrainDense { in_f, out_f, .. } => {
             let mut packed = vec![0.0; in_f * out_f];
             for o in 0..out_f {
                 for i in 0..in_f {
@@ -467,6 +651,32 @@ pub fn flops(spec: &KernelSpec) -> u64 {
         KernelSpec::Unary { len, act } => len as u64 * act_cost(act),
         KernelSpec::Add { len, act } => len as u64 * (1 + act_cost(act)),
         KernelSpec::Softmax { classes } => classes as u64 * 23,
+        KernelSpec::TrainConv2d {
+            c_in,
+            c_out,
+            kernel,
+            ..
+        } => {
+            let [_, oh, ow] = spec.out_chw();
+            (2 * c_out * oh * ow * c_in * kernel[0] * kernel[1] + 4 * c_out * oh * ow) as u64
+        }
+        KernelSpec::TrainDense { in_f, out_f, .. } => (2 * in_f * out_f + 4 * out_f) as u64,
+        KernelSpec::BnActPool { c, h, w, act, pool } => {
+            (c * h * w) as u64 * (2 + act_cost(act)) + pool_cost(Some(pool), c, h, w)
+        }
+        KernelSpec::ConvGradW {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel,
+            padding,
+        } => {
+            let oh = window_out(h, kernel[0], 1, padding[0]);
+            let ow = window_out(w, kernel[1], 1, padding[1]);
+            2 * (c_out * c_in * kernel[0] * kernel[1] * oh * ow) as u64
+        }
+        KernelSpec::DenseGradW { in_f, out_f } => 2 * (in_f * out_f) as u64,
     }
 }
 
@@ -580,6 +790,60 @@ pub(crate) fn validate(index: usize, spec: &KernelSpec) -> Result<(), CodegenErr
         }
         KernelSpec::Unary { len, .. } | KernelSpec::Add { len, .. } => pos("len", *len)?,
         KernelSpec::Softmax { classes } => pos("classes", *classes)?,
+        KernelSpec::TrainConv2d {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            ..
+        } => validate(
+            index,
+            &KernelSpec::Conv2d {
+                c_in: *c_in,
+                h: *h,
+                w: *w,
+                c_out: *c_out,
+                kernel: *kernel,
+                stride: *stride,
+                padding: *padding,
+                groups: 1,
+                epi: Epilogue::NONE,
+            },
+        )?,
+        KernelSpec::TrainDense { in_f, out_f, .. } | KernelSpec::DenseGradW { in_f, out_f } => {
+            pos("in_f", *in_f)?;
+            pos("out_f", *out_f)?;
+        }
+        KernelSpec::BnActPool { c, h, w, pool, .. } => {
+            for (what, x) in [("c", c), ("h", h), ("w", w)] {
+                pos(what, *x)?;
+            }
+            pool_ok(pool, *h, *w)?;
+        }
+        KernelSpec::ConvGradW {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel,
+            padding,
+        } => validate(
+            index,
+            &KernelSpec::Conv2d {
+                c_in: *c_in,
+                h: *h,
+                w: *w,
+                c_out: *c_out,
+                kernel: *kernel,
+                stride: [1, 1],
+                padding: *padding,
+                groups: 1,
+                epi: Epilogue::NONE,
+            },
+        )?,
     }
     Ok(())
 }

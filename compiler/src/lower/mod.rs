@@ -6,6 +6,7 @@
 pub mod consteval;
 mod fuse;
 mod memory;
+pub mod train;
 
 use std::collections::HashMap;
 

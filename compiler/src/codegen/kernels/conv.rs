@@ -7,8 +7,8 @@
 
 use super::{EpiBufs, pool_plane};
 use crate::codegen::loop_ir::{
-    Buf, Guard, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg, split,
-    v,
+    Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
+    split, v,
 };
 use crate::codegen::{Epilogue, KernelSpec, window_out};
 
@@ -32,6 +32,18 @@ struct Conv {
 
 /// Lowers a `Conv2d` spec.
 pub(super) fn conv2d(index: usize, spec: &KernelSpec) -> Kernel {
+    conv2d_with(index, spec, "conv2d", 0, |_, _, _| (vec![], vec![]))
+}
+
+/// Lowers a `Conv2d` spec with `extra` buffers after the output and the statements of `hook`
+/// (given the builder, the image variable and the output buffer) in its epilogue.
+pub(super) fn conv2d_with(
+    index: usize,
+    spec: &KernelSpec,
+    name: &str,
+    extra: u32,
+    mut hook: impl FnMut(&mut KernelBuilder, IVar, Buf) -> (Vec<Stmt>, Vec<Stmt>),
+) -> Kernel {
     let KernelSpec::Conv2d {
         c_in,
         h,
@@ -118,14 +130,11 @@ pub(super) fn conv2d(index: usize, spec: &KernelSpec) -> Kernel {
         };
         per_group.push(for_(bi, 0usize, count, LoopKind::Serial, body));
     }
-    let body = vec![for_(
-        n,
-        N_BEGIN,
-        N_END,
-        LoopKind::Serial,
-        vec![for_(g, 0usize, groups, LoopKind::Serial, per_group)],
-    )];
-    b.finish(format!("k{index}_conv2d"), bufs.params(), body)
+    let (mut body, per_image) = hook(&mut b, n, bufs.out);
+    let mut image = vec![for_(g, 0usize, groups, LoopKind::Serial, per_group)];
+    image.extend(per_image);
+    body.push(for_(n, N_BEGIN, N_END, LoopKind::Serial, image));
+    b.finish(format!("k{index}_{name}"), bufs.params() + extra, body)
 }
 
 impl Conv {

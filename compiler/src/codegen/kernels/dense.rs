@@ -21,6 +21,20 @@ const VECTORS: usize = 2;
 
 /// Lowers a `Dense` spec.
 pub(super) fn dense(index: usize, in_f: usize, out_f: usize, epi: Epilogue) -> Kernel {
+    dense_with(index, in_f, out_f, epi, "dense", 0, |_, _| vec![])
+}
+
+/// Lowers a `Dense` spec with `extra` buffers after the output and the statements of `hook`
+/// (given the builder and the output buffer) after the whole batch range is written.
+pub(super) fn dense_with(
+    index: usize,
+    in_f: usize,
+    out_f: usize,
+    epi: Epilogue,
+    name: &str,
+    extra: u32,
+    hook: impl FnOnce(&mut KernelBuilder, Buf) -> Vec<Stmt>,
+) -> Kernel {
     let bufs = EpiBufs::new(&epi);
     let mut b = KernelBuilder::new();
     let body = split(
@@ -121,5 +135,7 @@ pub(super) fn dense(index: usize, in_f: usize, out_f: usize, epi: Epilogue) -> K
             )
         },
     );
-    b.finish(format!("k{index}_dense"), bufs.params(), body)
+    let mut body = body;
+    body.extend(hook(&mut b, bufs.out));
+    b.finish(format!("k{index}_{name}"), bufs.params() + extra, body)
 }

@@ -5,6 +5,7 @@
 mod conv;
 mod dense;
 mod simple;
+mod train;
 
 use super::loop_ir::{
     BinOp, Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, reg, split, v,
@@ -16,6 +17,11 @@ pub(crate) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
     match *spec {
         KernelSpec::Conv2d { .. } => conv::conv2d(index, spec),
         KernelSpec::Dense { in_f, out_f, epi } => dense::dense(index, in_f, out_f, epi),
+        KernelSpec::TrainConv2d { .. }
+        | KernelSpec::TrainDense { .. }
+        | KernelSpec::BnActPool { .. }
+        | KernelSpec::ConvGradW { .. }
+        | KernelSpec::DenseGradW { .. } => train::lower(index, spec),
         _ => simple::lower(index, spec),
     }
 }

@@ -10,7 +10,7 @@ use crate::codegen::loop_ir::{
 };
 
 /// `out[base + i] = f(i)` for `i in 0..len`, vectorized with a scalar tail.
-fn map(
+pub(super) fn map(
     b: &mut KernelBuilder,
     len: usize,
     out: Buf,
@@ -43,7 +43,7 @@ fn map(
 }
 
 /// Wraps `body(b, n)` in the loop over the batch range.
-fn per_image(
+pub(super) fn per_image(
     b: &mut KernelBuilder,
     body: impl FnOnce(&mut KernelBuilder, IVar) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
@@ -185,9 +185,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
             });
             ("softmax", 2, body)
         }
-        KernelSpec::Conv2d { .. } | KernelSpec::Dense { .. } => {
-            unreachable!("lowered by conv.rs and dense.rs")
-        }
+        _ => unreachable!("lowered by conv.rs, dense.rs and train.rs"),
     };
     b.finish(format!("k{index}_{name}"), params, body)
 }

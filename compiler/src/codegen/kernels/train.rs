@@ -1,0 +1,573 @@
+//! The training kernels in loop IR: convolution and dense forward with the BatchNorm batch
+//! statistics accumulated in their epilogue, the fused normalize+activation+pool that also
+//! saves the activation for the backward pass, and the weight gradients of convolution and
+//! dense layers.
+//!
+//! Reductions along a contiguous axis use a one-trip `Vector` loop over a lane variable `j`
+//! (`0..4` step 4): inside it, the serial reduction loops address element `4 * i + j`, so each
+//! lane keeps its own partial sum in a vector register; the four lanes are then stored to a
+//! small stack array and summed in a fixed order, which keeps results deterministic.
+
+use super::conv::conv2d_with;
+use super::dense::dense_with;
+use super::simple::{map, per_image};
+use super::{act, pool_plane};
+use crate::codegen::loop_ir::{
+    Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
+    split, v,
+};
+use crate::codegen::{Activation, Epilogue, KernelSpec, window_out};
+
+/// Lowers the training specs.
+pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
+    match *spec {
+        KernelSpec::TrainConv2d {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            bias,
+            stats,
+        } => {
+            let conv = KernelSpec::Conv2d {
+                c_in,
+                h,
+                w,
+                c_out,
+                kernel,
+                stride,
+                padding,
+                groups: 1,
+                epi: Epilogue {
+                    bias,
+                    ..Epilogue::NONE
+                },
+            };
+            let [_, oh, ow] = spec.out_chw();
+            conv2d_with(
+                index,
+                &conv,
+                "train_conv2d",
+                u32::from(stats),
+                |b, n, out| {
+                    if !stats {
+                        return (vec![], vec![]);
+                    }
+                    let Buf::Param(o) = out else {
+                        unreachable!("outputs are parameters")
+                    };
+                    plane_stats(b, n, out, Buf::Param(o + 1), c_out, oh * ow)
+                },
+            )
+        }
+        KernelSpec::TrainDense {
+            in_f,
+            out_f,
+            bias,
+            stats,
+        } => {
+            let epi = Epilogue {
+                bias,
+                ..Epilogue::NONE
+            };
+            dense_with(
+                index,
+                in_f,
+                out_f,
+                epi,
+                "train_dense",
+                u32::from(stats),
+                |b, out| {
+                    let Buf::Param(o) = out else {
+                        unreachable!("outputs are parameters")
+                    };
+                    if stats {
+                        feature_stats(b, out, Buf::Param(o + 1), out_f)
+                    } else {
+                        vec![]
+                    }
+                },
+            )
+        }
+        KernelSpec::BnActPool {
+            c,
+            h,
+            w,
+            act: a,
+            pool,
+        } => bn_act_pool(index, c, h, w, a, pool),
+        KernelSpec::ConvGradW {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel,
+            padding,
+        } => conv_grad_w(index, c_in, (h, w), c_out, kernel, padding),
+        KernelSpec::DenseGradW { in_f, out_f } => dense_grad_w(index, in_f, out_f),
+        _ => unreachable!("not a training spec"),
+    }
+}
+
+fn set(r: u32, val: Val) -> Stmt {
+    Stmt::Set {
+        reg: reg(r, 0usize),
+        val,
+    }
+}
+
+fn get(r: u32) -> Val {
+    Val::Get(reg(r, 0usize))
+}
+
+fn store(buf: Buf, idx: impl Into<Idx>, val: Val) -> Stmt {
+    Stmt::Store {
+        buf,
+        idx: idx.into(),
+        val,
+    }
+}
+
+/// The sum of the four lanes `l[base..base + 4]`, in lane order.
+fn lane_sum(l: Buf, base: usize) -> Val {
+    (0..4)
+        .map(|j| Val::load(l, base + j))
+        .reduce(|a, b| a + b)
+        .expect("four lanes")
+}
+
+/// Statistics of the `c` planes of `hw` pixels of image `n` in `z`, added to `s` (layout of
+/// [`crate::codegen::train_stats`]); the prologue zeroes the sums. The shift is the first pixel
+/// of the channel in the first image of the call, which is written before any image's stats.
+fn plane_stats(
+    b: &mut KernelBuilder,
+    n: IVar,
+    z: Buf,
+    s: Buf,
+    c: usize,
+    hw: usize,
+) -> (Vec<Stmt>, Vec<Stmt>) {
+    let ch0 = b.var();
+    let prologue = vec![for_(
+        ch0,
+        0usize,
+        c,
+        LoopKind::Serial,
+        vec![
+            store(s, v(ch0) + c, Val::Const(0.0)),
+            store(s, v(ch0) + 2 * c, Val::Const(0.0)),
+        ],
+    )];
+    let (ch, j, i4, t) = (b.var(), b.var(), b.var(), b.var());
+    let (a1, a2, d, r1, r2, e) = (b.reg(), b.reg(), b.reg(), b.reg(), b.reg(), b.reg());
+    let lanes = b.local(8);
+    let plane = (v(n) * c + v(ch)) * hw;
+    let shift = || Val::load(z, (v(N_BEGIN) * c + v(ch)) * hw);
+    let full = hw / 4 * 4;
+    let mut body = Vec::new();
+    if full > 0 {
+        body.push(Stmt::Loop {
+            var: j,
+            lo: 0usize.into(),
+            hi: 4usize.into(),
+            step: 4,
+            kind: LoopKind::Vector,
+            body: vec![
+                set(a1, Val::Const(0.0)),
+                set(a2, Val::Const(0.0)),
+                for_(
+                    i4,
+                    0usize,
+                    hw / 4,
+                    LoopKind::Serial,
+                    vec![
+                        set(
+                            d,
+                            Val::load(z, plane.clone() + v(i4) * 4usize + v(j)) - shift(),
+                        ),
+                        set(a1, get(a1) + get(d)),
+                        set(a2, Val::fma(get(d), get(d), get(a2))),
+                    ],
+                ),
+                store(lanes, v(j), get(a1)),
+                store(lanes, v(j) + 4usize, get(a2)),
+            ],
+        });
+        body.push(set(r1, lane_sum(lanes, 0)));
+        body.push(set(r2, lane_sum(lanes, 4)));
+    } else {
+        body.push(set(r1, Val::Const(0.0)));
+        body.push(set(r2, Val::Const(0.0)));
+    }
+    body.push(for_(
+        t,
+        full,
+        hw,
+        LoopKind::Serial,
+        vec![
+            set(e, Val::load(z, plane.clone() + v(t)) - shift()),
+            set(r1, get(r1) + get(e)),
+            set(r2, Val::fma(get(e), get(e), get(r2))),
+        ],
+    ));
+    body.push(store(s, v(ch), shift()));
+    body.push(store(s, v(ch) + c, Val::load(s, v(ch) + c) + get(r1)));
+    body.push(store(
+        s,
+        v(ch) + 2 * c,
+        Val::load(s, v(ch) + 2 * c) + get(r2),
+    ));
+    (prologue, vec![for_(ch, 0usize, c, LoopKind::Serial, body)])
+}
+
+/// Per-feature statistics of `z[n, f]` over the call's images, features on the lanes.
+fn feature_stats(b: &mut KernelBuilder, z: Buf, s: Buf, f: usize) -> Vec<Stmt> {
+    split(b, 0usize.into(), f.into(), &[4, 1], true, |b, j, _| {
+        let n = b.var();
+        let (sh, a1, a2, d) = (b.reg(), b.reg(), b.reg(), b.reg());
+        vec![
+            set(sh, Val::load(z, v(N_BEGIN) * f + v(j))),
+            set(a1, Val::Const(0.0)),
+            set(a2, Val::Const(0.0)),
+            for_(
+                n,
+                N_BEGIN,
+                N_END,
+                LoopKind::Serial,
+                vec![
+                    set(d, Val::load(z, v(n) * f + v(j)) - get(sh)),
+                    set(a1, get(a1) + get(d)),
+                    set(a2, Val::fma(get(d), get(d), get(a2))),
+                ],
+            ),
+            store(s, v(j), get(sh)),
+            store(s, v(j) + f, get(a1)),
+            store(s, v(j) + 2 * f, get(a2)),
+        ]
+    })
+}
+
+/// `saved = act(x * scale[c] + shift[c])`, then `out = pool(saved)`, one channel plane at a
+/// time so the pool reads the plane while it is in cache.
+fn bn_act_pool(
+    index: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    a: Activation,
+    pool: crate::codegen::Pool2d,
+) -> Kernel {
+    let (x, scale, shift, saved, out) = (
+        Buf::Param(0),
+        Buf::Param(1),
+        Buf::Param(2),
+        Buf::Param(3),
+        Buf::Param(4),
+    );
+    let (oh, ow) = pool.out_hw(h, w);
+    let mut b = KernelBuilder::new();
+    let body = per_image(&mut b, |b, n| {
+        let ch = b.var();
+        let plane = v(n) * c + v(ch);
+        let mut inner = map(b, h * w, saved, plane.clone() * (h * w), |at| {
+            let xv = Val::load(x, plane.clone() * (h * w) + at);
+            act(
+                Val::fma(xv, Val::load(scale, v(ch)), Val::load(shift, v(ch))),
+                a,
+            )
+        });
+        let src = |_, _, ih: Idx, iw, guards| Val::Load {
+            buf: saved,
+            idx: (plane.clone() * h + ih) * w + iw,
+            guards,
+        };
+        let dst = |_, y: Idx, xx| (out, (plane.clone() * oh + y) * ow + xx);
+        inner.extend(pool_plane(
+            b,
+            &pool,
+            (h, w),
+            1,
+            src,
+            dst,
+            |_, _, _, _| vec![],
+        ));
+        vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
+    });
+    b.finish(format!("k{index}_bn_act_pool"), 5, body)
+}
+
+/// The convolution weight gradient. Per image and `(co, ci, ky)`, the `kw` taps accumulate
+/// four lanes of output columns each; the lanes live in a stack array across images and are
+/// summed once at the end. Output columns past the last whole vector go through a scalar tail.
+fn conv_grad_w(
+    index: usize,
+    c_in: usize,
+    (h, w): (usize, usize),
+    c_out: usize,
+    [kh, kw]: [usize; 2],
+    [ph, pw]: [usize; 2],
+) -> Kernel {
+    let oh = window_out(h, kh, 1, ph);
+    let ow = window_out(w, kw, 1, pw);
+    let (x, dy, dw) = (Buf::Param(0), Buf::Param(1), Buf::Param(2));
+    let taps = c_out * c_in * kh * kw;
+    let mut b = KernelBuilder::new();
+    let lanes = b.local(4 * taps);
+    let mut body = split(
+        &mut b,
+        0usize.into(),
+        (4 * taps).into(),
+        &[4],
+        true,
+        |_, e, _| vec![store(lanes, v(e), Val::Const(0.0))],
+    );
+    let (n, co, ci, ky, kx, j, oy, ox4, ox) = (
+        b.var(),
+        b.var(),
+        b.var(),
+        b.var(),
+        b.var(),
+        b.var(),
+        b.var(),
+        b.var(),
+        b.var(),
+    );
+    let (acc, d, t) = (b.reg(), b.reg(), b.reg());
+    // Lane slot of tap kx for the current (co, ci, ky).
+    let slot = |kx: Idx| (((v(co) * c_in + v(ci)) * kh + v(ky)) * kw + kx) * 4usize;
+    let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
+    let guards = |ix: Idx| {
+        if pw > 0 {
+            vec![Guard {
+                coord: ix,
+                lo: 0,
+                hi: w as i64,
+            }]
+        } else {
+            vec![]
+        }
+    };
+    // Output rows whose input row oy + ky - ph lies inside the image.
+    let oy_lo = Idx::Const(0).max(Idx::from(ph) - v(ky));
+    let oy_hi = Idx::from(oh).min(Idx::from(h + ph) - v(ky));
+    let xrow = (v(n) * c_in + v(ci)) * h + v(oy) + v(ky) - ph;
+    let dyrow = ((v(n) * c_out + v(co)) * oh + v(oy)) * ow;
+    let x_at = |col: Idx| Val::Load {
+        buf: x,
+        idx: xrow.clone() * w + col.clone(),
+        guards: guards(col),
+    };
+    let full = ow / 4;
+    let mut per_tap_row = Vec::new();
+    if full > 0 {
+        let col = v(ox4) * 4usize + v(j) + v(kx) - pw;
+        per_tap_row.push(Stmt::Loop {
+            var: j,
+            lo: 0usize.into(),
+            hi: 4usize.into(),
+            step: 4,
+            kind: LoopKind::Vector,
+            body: vec![
+                unroll(
+                    kx,
+                    kw,
+                    vec![Stmt::Set {
+                        reg: reg(acc, v(kx)),
+                        val: Val::load(lanes, slot(v(kx)) + v(j)),
+                    }],
+                ),
+                for_(
+                    oy,
+                    oy_lo.clone(),
+                    oy_hi.clone(),
+                    LoopKind::Serial,
+                    vec![for_(
+                        ox4,
+                        0usize,
+                        full,
+                        LoopKind::Serial,
+                        vec![
+                            set(d, Val::load(dy, dyrow.clone() + v(ox4) * 4usize + v(j))),
+                            unroll(
+                                kx,
+                                kw,
+                                vec![Stmt::Set {
+                                    reg: reg(acc, v(kx)),
+                                    val: Val::fma(get(d), x_at(col), Val::Get(reg(acc, v(kx)))),
+                                }],
+                            ),
+                        ],
+                    )],
+                ),
+                unroll(
+                    kx,
+                    kw,
+                    vec![store(lanes, slot(v(kx)) + v(j), Val::Get(reg(acc, v(kx))))],
+                ),
+            ],
+        });
+    }
+    if full * 4 < ow {
+        // Scalar tail columns, added to lane 0.
+        let col = v(ox) + v(kx) - pw;
+        per_tap_row.push(for_(
+            oy,
+            oy_lo,
+            oy_hi,
+            LoopKind::Serial,
+            vec![for_(
+                ox,
+                full * 4,
+                ow,
+                LoopKind::Serial,
+                vec![unroll(
+                    kx,
+                    kw,
+                    vec![
+                        set(
+                            t,
+                            Val::fma(
+                                Val::load(dy, dyrow.clone() + v(ox)),
+                                x_at(col),
+                                Val::load(lanes, slot(v(kx))),
+                            ),
+                        ),
+                        store(lanes, slot(v(kx)), get(t)),
+                    ],
+                )],
+            )],
+        ));
+    }
+    body.push(for_(
+        n,
+        N_BEGIN,
+        N_END,
+        LoopKind::Serial,
+        vec![for_(
+            co,
+            0usize,
+            c_out,
+            LoopKind::Serial,
+            vec![for_(
+                ci,
+                0usize,
+                c_in,
+                LoopKind::Serial,
+                vec![for_(ky, 0usize, kh, LoopKind::Serial, per_tap_row)],
+            )],
+        )],
+    ));
+    let e = b.var();
+    let lane_sum = (0..4)
+        .map(|l: usize| Val::load(lanes, v(e) * 4usize + l))
+        .reduce(|a, b| a + b)
+        .expect("four lanes");
+    body.push(for_(
+        e,
+        0usize,
+        taps,
+        LoopKind::Serial,
+        vec![store(dw, v(e), lane_sum)],
+    ));
+    b.finish(format!("k{index}_conv_grad_w"), 3, body)
+}
+
+/// Output features per register tile of the dense weight gradient.
+const FEATURES: usize = 4;
+
+/// The dense weight gradient as a register-blocked GEMM `dyᵀ · x`: a tile of `FEATURES`
+/// output features by two vectors of input features accumulates over the call's images.
+fn dense_grad_w(index: usize, in_f: usize, out_f: usize) -> Kernel {
+    let (x, dy, dw) = (Buf::Param(0), Buf::Param(1), Buf::Param(2));
+    let mut b = KernelBuilder::new();
+    let body = split(
+        &mut b,
+        0usize.into(),
+        out_f.into(),
+        &[FEATURES, 1],
+        false,
+        |b, o, feats| {
+            split(
+                b,
+                0usize.into(),
+                in_f.into(),
+                &[8, 4, 1],
+                true,
+                |b, i, step| {
+                    let nv = (step / 4).max(1);
+                    let (acc, xr, dr) = (b.reg(), b.reg(), b.reg());
+                    let (f, u, n) = (b.var(), b.var(), b.var());
+                    let acc_at = || reg(acc, v(f) * nv + v(u));
+                    let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
+                    let col = v(i) + v(u) * 4usize;
+                    vec![
+                        unroll(
+                            f,
+                            feats,
+                            vec![unroll(
+                                u,
+                                nv,
+                                vec![Stmt::Set {
+                                    reg: acc_at(),
+                                    val: Val::Const(0.0),
+                                }],
+                            )],
+                        ),
+                        for_(
+                            n,
+                            N_BEGIN,
+                            N_END,
+                            LoopKind::Serial,
+                            vec![
+                                unroll(
+                                    u,
+                                    nv,
+                                    vec![Stmt::Set {
+                                        reg: reg(xr, v(u)),
+                                        val: Val::load(x, v(n) * in_f + col.clone()),
+                                    }],
+                                ),
+                                unroll(
+                                    f,
+                                    feats,
+                                    vec![
+                                        set(dr, Val::load(dy, v(n) * out_f + v(o) + v(f))),
+                                        unroll(
+                                            u,
+                                            nv,
+                                            vec![Stmt::Set {
+                                                reg: acc_at(),
+                                                val: Val::fma(
+                                                    get(dr),
+                                                    Val::Get(reg(xr, v(u))),
+                                                    Val::Get(acc_at()),
+                                                ),
+                                            }],
+                                        ),
+                                    ],
+                                ),
+                            ],
+                        ),
+                        unroll(
+                            f,
+                            feats,
+                            vec![unroll(
+                                u,
+                                nv,
+                                vec![store(
+                                    dw,
+                                    (v(o) + v(f)) * in_f + col.clone(),
+                                    Val::Get(acc_at()),
+                                )],
+                            )],
+                        ),
+                    ]
+                },
+            )
+        },
+    );
+    b.finish(format!("k{index}_dense_grad_w"), 3, body)
+}

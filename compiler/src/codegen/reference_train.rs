@@ -1,0 +1,168 @@
+//! The plain-Rust reference for the training specs (`TrainConv2d`, `TrainDense`,
+//! `BnActPool`, `ConvGradW`, `DenseGradW`), which write more than one buffer or reduce over
+//! the batch: direct loops in `f64`.
+
+use super::reference::{act, pool, reference};
+use super::{Epilogue, KernelSpec, train_stats, window_out};
+
+/// Computes a training `spec` for images `0..n`. `inputs` are the buffers before the first
+/// output in calling order, with weights in PyTorch layout; returns every written buffer in
+/// calling order (`output` then `stats`; `saved` then `output`; the weight gradient).
+/// Panics on an inference spec.
+pub fn reference_train(spec: &KernelSpec, inputs: &[&[f32]], n: usize) -> Vec<Vec<f32>> {
+    match *spec {
+        KernelSpec::TrainConv2d {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            bias,
+            stats,
+        } => {
+            let conv = KernelSpec::Conv2d {
+                c_in,
+                h,
+                w,
+                c_out,
+                kernel,
+                stride,
+                padding,
+                groups: 1,
+                epi: Epilogue {
+                    bias,
+                    ..Epilogue::NONE
+                },
+            };
+            let mut out = vec![0.0; n * conv.out_len()];
+            reference(&conv, inputs, &mut out, n);
+            let [_, oh, ow] = spec.out_chw();
+            with_stats(out, c_out, oh * ow, n, stats)
+        }
+        KernelSpec::TrainDense {
+            in_f,
+            out_f,
+            bias,
+            stats,
+        } => {
+            let dense = KernelSpec::Dense {
+                in_f,
+                out_f,
+                epi: Epilogue {
+                    bias,
+                    ..Epilogue::NONE
+                },
+            };
+            let mut out = vec![0.0; n * out_f];
+            reference(&dense, inputs, &mut out, n);
+            with_stats(out, out_f, 1, n, stats)
+        }
+        KernelSpec::BnActPool {
+            c,
+            h,
+            w,
+            act: a,
+            pool: p,
+        } => {
+            let hw = h * w;
+            let saved: Vec<f64> = inputs[0][..n * c * hw]
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let ch = (i / hw) % c;
+                    let y = f64::from(x) * f64::from(inputs[1][ch]) + f64::from(inputs[2][ch]);
+                    act(y, a)
+                })
+                .collect();
+            let mut out = Vec::new();
+            for img in saved.chunks(c * hw) {
+                // Pool the activation as the kernel does: after rounding it to f32.
+                let rounded: Vec<f64> = img.iter().map(|&v| f64::from(v as f32)).collect();
+                out.extend(pool(&p, &rounded, c, h, w));
+            }
+            vec![f32s(&saved), f32s(&out)]
+        }
+        KernelSpec::ConvGradW {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel: [kh, kw],
+            padding: [ph, pw],
+        } => {
+            let (oh, ow) = (window_out(h, kh, 1, ph), window_out(w, kw, 1, pw));
+            let (x, dy) = (inputs[0], inputs[1]);
+            let mut dw = vec![0.0f64; c_out * c_in * kh * kw];
+            for img in 0..n {
+                for co in 0..c_out {
+                    for ci in 0..c_in {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let mut acc = 0.0;
+                                for oy in 0..oh {
+                                    for ox in 0..ow {
+                                        let iy = (oy + ky) as isize - ph as isize;
+                                        let ix = (ox + kx) as isize - pw as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                                        {
+                                            continue;
+                                        }
+                                        let g = dy[((img * c_out + co) * oh + oy) * ow + ox];
+                                        let xv = x[((img * c_in + ci) * h + iy as usize) * w
+                                            + ix as usize];
+                                        acc += f64::from(g) * f64::from(xv);
+                                    }
+                                }
+                                dw[((co * c_in + ci) * kh + ky) * kw + kx] += acc;
+                            }
+                        }
+                    }
+                }
+            }
+            vec![f32s(&dw)]
+        }
+        KernelSpec::DenseGradW { in_f, out_f } => {
+            let (x, dy) = (inputs[0], inputs[1]);
+            let mut dw = vec![0.0f64; out_f * in_f];
+            for img in 0..n {
+                for o in 0..out_f {
+                    for i in 0..in_f {
+                        dw[o * in_f + i] +=
+                            f64::from(dy[img * out_f + o]) * f64::from(x[img * in_f + i]);
+                    }
+                }
+            }
+            vec![f32s(&dw)]
+        }
+        _ => panic!("reference_train covers only the training specs"),
+    }
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Appends the statistics buffer of `c` channels of `hw` pixels over `n` images of `out`.
+fn with_stats(out: Vec<f32>, c: usize, hw: usize, n: usize, stats: bool) -> Vec<Vec<f32>> {
+    if !stats {
+        return vec![out];
+    }
+    let mut s = vec![0.0f32; train_stats(c)];
+    for ch in 0..c {
+        let shift = f64::from(out[ch * hw]);
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for img in 0..n {
+            for &x in &out[(img * c + ch) * hw..(img * c + ch + 1) * hw] {
+                let d = f64::from(x) - shift;
+                s1 += d;
+                s2 += d * d;
+            }
+        }
+        s[ch] = shift as f32;
+        s[c + ch] = s1 as f32;
+        s[2 * c + ch] = s2 as f32;
+    }
+    vec![out, s]
+}

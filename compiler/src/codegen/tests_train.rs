@@ -1,0 +1,221 @@
+//! Differential tests of the training kernels against [`reference_train`], property-based
+//! over shapes, plus the accuracy of the batch statistics on data with a large mean.
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// A deterministic generator in `[-1, 1)`.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// `max |a - b| / max(1, |b|)`.
+fn metric(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0, f32::max)
+}
+
+/// Runs a training spec on `n` random images through the JIT and the reference; returns the
+/// worst error over its outputs.
+fn train_error(spec: KernelSpec, n: usize, seed: u64) -> f32 {
+    let mut rng = Lcg(seed);
+    let names = spec.buffer_names();
+    let lens = spec.buffer_lens(n);
+    let first_out = names
+        .iter()
+        .position(|&b| matches!(b, "output" | "saved"))
+        .expect("an output");
+    let inputs: Vec<Vec<f32>> = lens[..first_out]
+        .iter()
+        .zip(&names)
+        .map(|(&len, &name)| {
+            (0..len)
+                .map(|_| {
+                    if name == "scale" {
+                        1.0 + 0.5 * rng.next()
+                    } else {
+                        rng.next()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let want = reference_train(&spec, &refs, n);
+    let mut bufs = inputs.clone();
+    if names[1] == "weight" {
+        bufs[1] = pack_weight(&spec, &inputs[1]);
+    }
+    bufs.extend(lens[first_out..].iter().map(|&l| vec![f32::NAN; l]));
+    let jit = JitKernels::compile(&[spec]).expect("compiles");
+    jit.run_bufs(0, &mut bufs, n).expect("buffers fit");
+    want.iter()
+        .zip(&bufs[first_out..])
+        .map(|(w, g)| metric(g, w))
+        .fold(0.0, f32::max)
+}
+
+const TOL: f32 = 1e-4;
+
+fn act() -> impl Strategy<Value = Activation> {
+    prop::sample::select(vec![
+        Activation::None,
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Tanh,
+    ])
+}
+
+fn pool() -> impl Strategy<Value = Pool2d> {
+    (any::<bool>(), 2usize..4, 1usize..3, 0usize..2).prop_map(|(max, k, s, p)| Pool2d {
+        kind: if max { PoolKind::Max } else { PoolKind::Avg },
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [p.min(k / 2), p.min(k / 2)],
+        count_include_pad: true,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn train_conv2d_matches_reference(c_in in 1usize..4, hw in 5usize..13, c_out in 1usize..8, k in 1usize..4, s in 1usize..3, p in 0usize..2, bias in any::<bool>(), stats in any::<bool>(), n in 1usize..6, seed in any::<u64>()) {
+        let spec = KernelSpec::TrainConv2d { c_in, h: hw, w: hw + 1, c_out, kernel: [k, k], stride: [s, s], padding: [p, p], bias, stats };
+        prop_assert!(train_error(spec, n, seed) < TOL);
+    }
+
+    #[test]
+    fn train_dense_matches_reference(in_f in 1usize..40, out_f in 1usize..20, bias in any::<bool>(), stats in any::<bool>(), n in 1usize..12, seed in any::<u64>()) {
+        let spec = KernelSpec::TrainDense { in_f, out_f, bias, stats };
+        prop_assert!(train_error(spec, n, seed) < TOL);
+    }
+
+    #[test]
+    fn bn_act_pool_matches_reference(c in 1usize..4, h in 4usize..12, w in 4usize..12, act in act(), pool in pool(), n in 1usize..5, seed in any::<u64>()) {
+        let spec = KernelSpec::BnActPool { c, h, w, act, pool };
+        prop_assert!(train_error(spec, n, seed) < TOL);
+    }
+
+    #[test]
+    fn conv_grad_w_matches_reference(c_in in 1usize..4, h in 3usize..12, w in 3usize..13, c_out in 1usize..5, k in 1usize..4, p in 0usize..2, n in 1usize..5, seed in any::<u64>()) {
+        let spec = KernelSpec::ConvGradW { c_in, h, w, c_out, kernel: [k, k], padding: [p, p] };
+        prop_assert!(train_error(spec, n, seed) < TOL);
+    }
+
+    #[test]
+    fn dense_grad_w_matches_reference(in_f in 1usize..40, out_f in 1usize..20, n in 1usize..12, seed in any::<u64>()) {
+        let spec = KernelSpec::DenseGradW { in_f, out_f };
+        prop_assert!(train_error(spec, n, seed) < TOL);
+    }
+}
+
+/// The LeNet-BN training shapes compile and match the reference.
+#[test]
+fn lenet_training_shapes() {
+    let specs = [
+        KernelSpec::TrainConv2d {
+            c_in: 1,
+            h: 28,
+            w: 28,
+            c_out: 6,
+            kernel: [5, 5],
+            stride: [1, 1],
+            padding: [0, 0],
+            bias: true,
+            stats: true,
+        },
+        KernelSpec::ConvGradW {
+            c_in: 6,
+            h: 12,
+            w: 12,
+            c_out: 16,
+            kernel: [5, 5],
+            padding: [0, 0],
+        },
+        KernelSpec::TrainDense {
+            in_f: 256,
+            out_f: 120,
+            bias: true,
+            stats: true,
+        },
+        KernelSpec::DenseGradW {
+            in_f: 256,
+            out_f: 120,
+        },
+    ];
+    for (i, spec) in specs.into_iter().enumerate() {
+        let e = train_error(spec, 5, i as u64);
+        assert!(e < TOL, "{spec:?}: {e}");
+    }
+}
+
+/// Statistics of data with mean 1e4 and standard deviation 1e-2 keep their variance to 1e-3
+/// relative (vs a two-pass f64 reference), where a one-pass f32 `E[x²] - E[x]²` loses it.
+#[test]
+fn batch_stats_survive_a_large_mean() {
+    let (c, hw, n) = (3, 144, 16);
+    let spec = KernelSpec::TrainConv2d {
+        c_in: 1,
+        h: hw,
+        w: 1,
+        c_out: c,
+        kernel: [1, 1],
+        stride: [1, 1],
+        padding: [0, 0],
+        bias: true,
+        stats: true,
+    };
+    let mut rng = Lcg(42);
+    let x: Vec<f32> = (0..n * hw).map(|_| 0.02 * rng.next()).collect();
+    // Identity weights and a bias of 1e4 put the large mean in the kernel's own output.
+    let bufs = &mut [
+        x,
+        vec![1.0, 0.5, 2.0],
+        vec![1e4, -1e4, 3e4],
+        vec![0.0; n * c * hw],
+        vec![0.0; train_stats(c)],
+    ];
+    let jit = JitKernels::compile(&[spec]).unwrap();
+    jit.run_bufs(0, bufs, n).unwrap();
+    let (z, s) = (&bufs[3], &bufs[4]);
+    for ch in 0..c {
+        let vals: Vec<f64> = (0..n)
+            .flat_map(|i| z[(i * c + ch) * hw..(i * c + ch + 1) * hw].iter())
+            .map(|&v| f64::from(v))
+            .collect();
+        let m = vals.len() as f64;
+        let mean = vals.iter().sum::<f64>() / m;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
+        let (shift, s1, s2) = (
+            f64::from(s[ch]),
+            f64::from(s[c + ch]),
+            f64::from(s[2 * c + ch]),
+        );
+        let got_mean = shift + s1 / m;
+        let got_var = (s2 - s1 * s1 / m) / m;
+        assert!(
+            (got_mean - mean).abs() <= 1e-6 * mean.abs(),
+            "{got_mean} vs {mean}"
+        );
+        assert!((got_var - var).abs() <= 1e-3 * var, "{got_var} vs {var}");
+        // The naive one-pass f32 formula fails on the same data.
+        let (sx, sxx) = vals.iter().fold((0f32, 0f32), |(a, b), &v| {
+            (a + v as f32, b + (v as f32) * (v as f32))
+        });
+        let naive = sxx / m as f32 - (sx / m as f32).powi(2);
+        assert!((f64::from(naive) - var).abs() > 0.5 * var);
+    }
+}

@@ -1,0 +1,286 @@
+//! The parts of a training step that run in plain Rust between the JIT kernels: merging the
+//! BatchNorm statistics (Chan's parallel formula in `f64`), the cross-entropy loss and its
+//! gradient, and the fused elementwise backward of pool, activation and BatchNorm (one pass
+//! that also reduces `Σdy` and `Σdy·x̂`, one pass for `dz`).
+
+use bnc_compiler::codegen::{Activation, PoolKind};
+use bnc_compiler::lower::train::TrainLayer;
+
+/// Batch statistics of one BatchNorm: per channel mean and biased variance over `count`
+/// values.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Stats {
+    pub count: f64,
+    pub mean: Vec<f64>,
+    /// Biased variance (or, before `merge`, the sum of squared deviations).
+    pub var: Vec<f64>,
+}
+
+impl Stats {
+    /// One thread's statistics from a `train_stats` buffer over `n` images of `hw` pixels:
+    /// mean and sum of squared deviations `M2`.
+    pub fn from_shifted(buf: &[f32], c: usize, n: usize, hw: [usize; 2]) -> Stats {
+        let count = (n * hw[0] * hw[1]) as f64;
+        let mut mean = Vec::with_capacity(c);
+        let mut m2 = Vec::with_capacity(c);
+        for ch in 0..c {
+            let (shift, s1, s2) = (
+                f64::from(buf[ch]),
+                f64::from(buf[c + ch]),
+                f64::from(buf[2 * c + ch]),
+            );
+            mean.push(shift + s1 / count);
+            m2.push((s2 - s1 * s1 / count).max(0.0));
+        }
+        Stats {
+            count,
+            mean,
+            var: m2,
+        }
+    }
+
+    /// `[count, mean..., M2...]`.
+    pub fn pack(&self) -> Vec<f64> {
+        let mut v = vec![self.count];
+        v.extend(&self.mean);
+        v.extend(&self.var);
+        v
+    }
+
+    /// Merges packed per-thread `(count, mean, M2)` in order with Chan's formula
+    /// `M2 = M2a + M2b + δ²·na·nb/(na+nb)`; returns mean and biased variance.
+    pub fn merge(parts: &[Vec<f64>], c: usize) -> Stats {
+        let mut n = 0.0;
+        let mut mean = vec![0.0; c];
+        let mut m2 = vec![0.0; c];
+        for p in parts {
+            let nb = p[0];
+            if nb == 0.0 {
+                continue;
+            }
+            let total = n + nb;
+            for ch in 0..c {
+                let delta = p[1 + ch] - mean[ch];
+                mean[ch] += delta * nb / total;
+                m2[ch] += p[1 + c + ch] + delta * delta * n * nb / total;
+            }
+            n = total;
+        }
+        Stats {
+            count: n,
+            mean,
+            var: m2.iter().map(|m| m / n.max(1.0)).collect(),
+        }
+    }
+
+    /// The BatchNorm as a per-channel affine map: `scale = γ/√(var+ε)`, `shift = β - mean·scale`.
+    pub fn scale_shift(&self, gamma: &[f32], beta: &[f32], eps: f64) -> (Vec<f32>, Vec<f32>) {
+        let mut scale = Vec::with_capacity(gamma.len());
+        let mut shift = Vec::with_capacity(gamma.len());
+        for c in 0..gamma.len() {
+            let s = f64::from(gamma[c]) / (self.var[c] + eps).sqrt();
+            scale.push(s as f32);
+            shift.push((f64::from(beta[c]) - self.mean[c] * s) as f32);
+        }
+        (scale, shift)
+    }
+
+    /// `1/√(var+ε)` per channel.
+    pub fn inv_std(&self, eps: f64) -> Vec<f64> {
+        self.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect()
+    }
+}
+
+/// The BatchNorm backward sums per channel: `dβ = Σdy`, `dγ = Σdy·x̂`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct BnSums {
+    pub dbeta: Vec<f64>,
+    pub dgamma: Vec<f64>,
+}
+
+impl BnSums {
+    /// `[dβ..., dγ...]`.
+    pub fn pack(&self) -> Vec<f64> {
+        let mut v = self.dbeta.clone();
+        v.extend(&self.dgamma);
+        v
+    }
+
+    /// Sums packed per-thread partials in thread order.
+    pub fn merge(parts: &[Vec<f64>], c: usize) -> BnSums {
+        let mut s = BnSums {
+            dbeta: vec![0.0; c],
+            dgamma: vec![0.0; c],
+        };
+        for p in parts {
+            for ch in 0..c {
+                s.dbeta[ch] += p[ch];
+                s.dgamma[ch] += p[c + ch];
+            }
+        }
+        s
+    }
+}
+
+/// The buffers of one layer the elementwise backward uses.
+pub(crate) struct BwdBufs<'a> {
+    pub z: &'a [f32],
+    pub a: &'a [f32],
+    pub d_out: &'a [f32],
+    pub d_z: &'a mut [f32],
+}
+
+/// Cross-entropy of one row of logits against `label`; writes `(softmax - onehot) / batch`
+/// into `d` and returns the row's loss and whether its argmax is the label.
+pub(crate) fn softmax_xent(row: &[f32], label: usize, batch: usize, d: &mut [f32]) -> (f64, bool) {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = row.iter().map(|&x| f64::from(x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    for (k, (dk, ek)) in d.iter_mut().zip(&e).enumerate() {
+        let onehot = if k == label { 1.0 } else { 0.0 };
+        *dk = ((ek / s - onehot) / batch as f64) as f32;
+    }
+    let argmax = row
+        .iter()
+        .enumerate()
+        .fold(0, |best, (k, &x)| if x > row[best] { k } else { best });
+    (
+        s.ln() + f64::from(m) - f64::from(row[label]),
+        argmax == label,
+    )
+}
+
+/// The activation's derivative from its output.
+fn act_grad(act: Activation, a: f32) -> f32 {
+    match act {
+        Activation::None => 1.0,
+        Activation::Relu => {
+            if a > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Sigmoid => a * (1.0 - a),
+        Activation::Tanh => 1.0 - a * a,
+    }
+}
+
+/// Pool backward, activation backward and (with `stats`) the BatchNorm sums, one channel
+/// plane at a time: `d_z` receives `dy = pool_back(d_out) · act'(a)`. Returns this thread's
+/// partial sums (empty without BatchNorm).
+pub(crate) fn backward_elementwise(
+    l: &TrainLayer,
+    b: BwdBufs<'_>,
+    n: usize,
+    stats: Option<&Stats>,
+) -> BnSums {
+    let [h, w] = l.hw;
+    let hw = h * w;
+    let c = l.channels;
+    let mut sums = BnSums {
+        dbeta: vec![0.0; c],
+        dgamma: vec![0.0; c],
+    };
+    let inv = stats.map(|s| s.inv_std(l.bn.as_ref().map_or(1e-5, |bn| bn.eps)));
+    for img in 0..n {
+        for ch in 0..c {
+            let plane = (img * c + ch) * hw;
+            let dz = &mut b.d_z[plane..plane + hw];
+            let a = &b.a[plane..plane + hw];
+            match l.pool {
+                None => dz.copy_from_slice(&b.d_out[plane..plane + hw]),
+                Some(p) => {
+                    dz.iter_mut().for_each(|v| *v = 0.0);
+                    let (oh, ow) = p.out_hw(h, w);
+                    let pplane = (img * c + ch) * oh * ow;
+                    for py in 0..oh {
+                        for px in 0..ow {
+                            let g = b.d_out[pplane + py * ow + px];
+                            let y0 = (py * p.stride[0]) as isize - p.padding[0] as isize;
+                            let x0 = (px * p.stride[1]) as isize - p.padding[1] as isize;
+                            let ys = y0.max(0) as usize
+                                ..((y0 + p.kernel[0] as isize).min(h as isize)) as usize;
+                            let xs = x0.max(0) as usize
+                                ..((x0 + p.kernel[1] as isize).min(w as isize)) as usize;
+                            match p.kind {
+                                PoolKind::Avg => {
+                                    let div = if p.count_include_pad {
+                                        p.kernel[0] * p.kernel[1]
+                                    } else {
+                                        ys.len() * xs.len()
+                                    };
+                                    let g = g / div as f32;
+                                    for y in ys {
+                                        for x in xs.clone() {
+                                            dz[y * w + x] += g;
+                                        }
+                                    }
+                                }
+                                PoolKind::Max => {
+                                    let mut best = (ys.start * w + xs.start, f32::NEG_INFINITY);
+                                    for y in ys {
+                                        for x in xs.clone() {
+                                            if a[y * w + x] > best.1 {
+                                                best = (y * w + x, a[y * w + x]);
+                                            }
+                                        }
+                                    }
+                                    dz[best.0] += g;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (d, &av) in dz.iter_mut().zip(a) {
+                *d *= act_grad(l.act, av);
+            }
+            if let (Some(s), Some(inv)) = (stats, &inv) {
+                let (mean, inv) = (s.mean[ch], inv[ch]);
+                let z = &b.z[plane..plane + hw];
+                let (mut s1, mut s2) = (0.0f64, 0.0f64);
+                for (&d, &zv) in dz.iter().zip(z) {
+                    let d = f64::from(d);
+                    s1 += d;
+                    s2 += d * (f64::from(zv) - mean) * inv;
+                }
+                sums.dbeta[ch] += s1;
+                sums.dgamma[ch] += s2;
+            }
+        }
+    }
+    sums
+}
+
+/// The BatchNorm input gradient, in place on `d_z` (which holds `dy`):
+/// `dz = γ·inv/M · (M·dy - Σdy - x̂·Σdy·x̂)` over the whole batch's `M` values.
+pub(crate) fn bn_dz(
+    l: &TrainLayer,
+    z: &[f32],
+    d_z: &mut [f32],
+    n: usize,
+    s: &Stats,
+    sums: &BnSums,
+    gamma: &[f32],
+) {
+    let hw = l.hw[0] * l.hw[1];
+    let c = l.channels;
+    let inv = s.inv_std(l.bn.as_ref().map_or(1e-5, |bn| bn.eps));
+    let m = s.count;
+    for img in 0..n {
+        for ch in 0..c {
+            let plane = (img * c + ch) * hw;
+            let k = (f64::from(gamma[ch]) * inv[ch] / m) as f32;
+            let mean = s.mean[ch] as f32;
+            let inv_c = inv[ch] as f32;
+            let sb = (sums.dbeta[ch]) as f32;
+            let sg = (sums.dgamma[ch]) as f32;
+            let mf = m as f32;
+            for (d, &zv) in d_z[plane..plane + hw].iter_mut().zip(&z[plane..plane + hw]) {
+                let xhat = (zv - mean) * inv_c;
+                *d = k * (mf * *d - sb - xhat * sg);
+            }
+        }
+    }
+}
