@@ -30,14 +30,22 @@ pub fn write(path: &Path, title: &str, epochs: &[Epoch]) -> anyhow::Result<()> {
             ("test acc", GREEN, |e| e.test_acc),
         ];
         for (label, color, f) in series {
-            let points: Vec<(f64, f64)> = epochs.iter().map(|e| (f64::from(e.epoch), f(e))).collect();
+            let points: Vec<(f64, f64)> =
+                epochs.iter().map(|e| (f64::from(e.epoch), f(e))).collect();
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))?
                 .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
         root.present()?;
     }
-    bnc::write_atomically(path, svg.as_bytes()).with_context(|| format!("{}: cannot write", path.display()))
+    bnc::write_atomically(path, svg.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))
 }

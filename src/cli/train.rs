@@ -82,17 +82,28 @@ pub struct Epoch {
     pub images_per_s: f64,
 }
 
-fn accuracy(model: &mut InferenceModel, test: &Dataset, batch: NonZeroUsize) -> anyhow::Result<f64> {
+fn accuracy(
+    model: &mut InferenceModel,
+    test: &Dataset,
+    batch: NonZeroUsize,
+) -> anyhow::Result<f64> {
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     let mut batches = test.batches(batch);
     let mut correct = 0usize;
     while let Some(b) = batches.next_into(&mut images, &mut labels) {
-        let x = Tensor::new(vec![b, 1, test.rows(), test.cols()], std::mem::take(&mut images)).context("batch shape")?;
+        let x = Tensor::new(
+            vec![b, 1, test.rows(), test.cols()],
+            std::mem::take(&mut images),
+        )
+        .context("batch shape")?;
         let y = model.run(&x)?;
         images = x.into_f32().map(|(_, d)| d).unwrap_or_default();
         let k = y.shape()[1].max(1);
         for (row, &label) in y.as_f32().unwrap_or(&[]).chunks(k).zip(&labels) {
-            let arg = row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
+            let arg = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
             correct += usize::from(arg as i32 == label);
         }
     }
@@ -110,7 +121,8 @@ fn write_json(path: &Path, epochs: &[Epoch]) -> anyhow::Result<()> {
         })
         .collect();
     let text = serde_json::to_string_pretty(&serde_json::json!({ "epochs": rows }))?;
-    bnc::write_atomically(path, text.as_bytes()).with_context(|| format!("{}: cannot write", path.display()))
+    bnc::write_atomically(path, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// Runs `bnc train`.
@@ -135,23 +147,41 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         threads: a.threads as usize,
         batch: batch.get(),
     };
-    let mut trainer = Trainer::new(&source, params, &cfg).with_context(|| format!("{file}: cannot compile for training"))?;
-    let infer_cfg = CompileConfig { threads: a.threads as usize, fold: true };
-    let mut evaluator = InferenceModel::compile(&source, &infer_cfg).with_context(|| format!("{file}: cannot compile"))?;
+    let mut trainer = Trainer::new(&source, params, &cfg)
+        .with_context(|| format!("{file}: cannot compile for training"))?;
+    let infer_cfg = CompileConfig {
+        threads: a.threads as usize,
+        fold: true,
+    };
+    let mut evaluator = InferenceModel::compile(&source, &infer_cfg)
+        .with_context(|| format!("{file}: cannot compile"))?;
     let tty = std::io::stdout().is_terminal();
-    println!("{:>5} {:>10} {:>9} {:>9} {:>8} {:>10}", "epoch", "train loss", "train acc", "test acc", "seconds", "images/s");
+    println!(
+        "{:>5} {:>10} {:>9} {:>9} {:>8} {:>10}",
+        "epoch", "train loss", "train acc", "test acc", "seconds", "images/s"
+    );
     let mut epochs = Vec::new();
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for epoch in 1..=a.epochs {
         let mut batches = train.shuffled_batches(batch, a.seed, u64::from(epoch - 1));
-        let bar = if tty { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
-        bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} batches  loss {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        let bar = if tty {
+            ProgressBar::new(batches.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} batches  loss {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let start = Instant::now();
         while let Some(b) = batches.next_into(&mut images, &mut labels) {
             let s = trainer.step(&images, &labels)?;
             if !s.loss.is_finite() {
-                bail!("epoch {epoch}: the training loss became {} (try a smaller --lr)", s.loss);
+                bail!(
+                    "epoch {epoch}: the training loss became {} (try a smaller --lr)",
+                    s.loss
+                );
             }
             loss_sum += f64::from(s.loss) * b as f64;
             correct += s.correct;
@@ -178,7 +208,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     let learned = trainer.params();
     if let (Some(g), Some(b)) = (learned.get("bn1.weight"), learned.get("bn1.bias")) {
-        let fmt = |t: &Tensor| t.as_f32().unwrap_or(&[]).iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", ");
+        let fmt = |t: &Tensor| {
+            t.as_f32()
+                .unwrap_or(&[])
+                .iter()
+                .map(|v| format!("{v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!("bn1 gamma: [{}]", fmt(g));
         println!("bn1 beta:  [{}]", fmt(b));
     }
