@@ -71,7 +71,8 @@ enum Command {
     },
     /// Evaluate a model on the Fashion-MNIST test set: accuracy and images/s.
     Run(infer::RunArgs),
-    /// Measure inference speed: images/s, compile time and per-kernel time.
+    /// Measure speed: inference images/s, compile time and per-kernel time, or (--mode train)
+    /// training-step images/s.
     Bench(bench::BenchArgs),
     /// Train a model on Fashion-MNIST with SGD: a row per epoch, then the learned bn1 γ and β.
     Train(train::TrainArgs),
