@@ -127,8 +127,15 @@ fn train(a: &BenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let g = bnc::load_model(&a.file)?;
     let params: ParamStore = init_params(&typed_model(&a.file)?, 0).into_iter().collect();
-    let cfg = TrainConfig { lr: 0.1, momentum: 0.0, weight_decay: 0.0, threads, batch };
-    let mut trainer = Trainer::new(&g, params, &cfg).with_context(|| format!("{file}: cannot compile for training"))?;
+    let cfg = TrainConfig {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        threads,
+        batch,
+    };
+    let mut trainer = Trainer::new(&g, params, &cfg)
+        .with_context(|| format!("{file}: cannot compile for training"))?;
     let compile = start.elapsed();
     let mut rng = SplitMix64::new(1);
     let images: Vec<f32> = (0..batch * 784).map(|_| rng.next_f32()).collect();
@@ -154,7 +161,11 @@ fn train(a: &BenchArgs) -> anyhow::Result<()> {
         println!("{obj}");
     } else {
         println!("{file}: training step, batch {batch}, {threads} thread(s)");
-        println!("images/s: {ips:.0} ({:.1} ms per step, median of {})", per_step.as_secs_f64() * 1e3, a.reps);
+        println!(
+            "images/s: {ips:.0} ({:.1} ms per step, median of {})",
+            per_step.as_secs_f64() * 1e3,
+            a.reps
+        );
         println!("epoch of 60000 images at this rate: {:.2} s", 60000.0 / ips);
         println!("parse to native code: {compile_ms:.2} ms");
     }
