@@ -9,6 +9,9 @@ use plotters::prelude::*;
 
 use super::train::Epoch;
 
+/// A curve: its legend, its colour and the number it plots per epoch.
+type Curve = (&'static str, RGBColor, fn(&Epoch) -> f64);
+
 /// Draws the curves of `epochs` and writes them to `path`.
 pub fn write(path: &Path, title: &str, epochs: &[Epoch]) -> anyhow::Result<()> {
     let mut svg = String::new();
@@ -24,7 +27,7 @@ pub fn write(path: &Path, title: &str, epochs: &[Epoch]) -> anyhow::Result<()> {
             .y_label_area_size(44)
             .build_cartesian_2d(1.0..last.max(2.0), 0.0..top)?;
         chart.configure_mesh().x_desc("epoch").draw()?;
-        let series: [(&str, RGBColor, fn(&Epoch) -> f64); 3] = [
+        let series: [Curve; 3] = [
             ("train loss", BLUE, |e| e.train_loss),
             ("train acc", MAGENTA, |e| e.train_acc),
             ("test acc", GREEN, |e| e.test_acc),
