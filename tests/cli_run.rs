@@ -211,3 +211,108 @@ fn bench_json_has_the_documented_fields() {
             .all(|k| k["name"].is_string() && k["us"].as_f64().is_some())
     );
 }
+
+#[test]
+fn train_one_epoch_writes_table_weights_metrics_and_plot() {
+    let (w, json, svg) = (
+        temp("trained.safetensors"),
+        temp("metrics.json"),
+        temp("curve.svg"),
+    );
+    let out = ok(&[
+        "train",
+        "models/lenet_bn.ir",
+        "--epochs",
+        "1",
+        "--seed",
+        "5",
+        "--save",
+        w.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "epoch", "train", "loss", "train", "acc", "test", "acc", "seconds", "images/s"
+        ]
+    );
+    // Not a terminal: no progress bar in the output, just the rows.
+    assert!(!out.contains('█') && !out.contains("batches"), "{out}");
+    assert!(lines[1].trim_start().starts_with("1 "), "{out}");
+    assert!(
+        lines[2].starts_with("bn1 gamma: [") && lines[3].starts_with("bn1 beta:  ["),
+        "{out}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let e = &m["epochs"][0];
+    for key in [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_acc",
+        "seconds",
+        "images_per_s",
+    ] {
+        assert!(e.get(key).is_some(), "missing {key}: {m}");
+    }
+    assert!(
+        e["train_loss"].as_f64().unwrap() < 0.8 && e["test_acc"].as_f64().unwrap() > 0.65,
+        "{m}"
+    );
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    // The saved weights evaluate to the reported test accuracy.
+    let run = ok(&[
+        "run",
+        "models/lenet_bn.ir",
+        "--weights",
+        w.to_str().unwrap(),
+    ]);
+    assert!(
+        run.starts_with(&format!(
+            "test accuracy: {:.4}",
+            e["test_acc"].as_f64().unwrap()
+        )),
+        "{run} vs {m}"
+    );
+    for p in [w, json, svg] {
+        std::fs::remove_file(p).unwrap();
+    }
+}
+
+#[test]
+fn train_errors_are_clear() {
+    let e = fails(&["train", "models/lenet_bn.ir", "--data", "/nonexistent"]);
+    assert!(e.contains("apt-get install dataset-fashion-mnist"), "{e}");
+    let e = fails(&["train", "models/lenet_bn.ir", "--epochs", "0"]);
+    assert!(e.contains("--epochs must be at least 1"), "{e}");
+    let e = fails(&[
+        "train",
+        "models/lenet_bn.ir",
+        "--resume",
+        "/nonexistent.safetensors",
+    ]);
+    assert!(e.contains("/nonexistent.safetensors"), "{e}");
+}
+
+#[test]
+fn bench_train_reports_a_training_step() {
+    let json = ok(&[
+        "bench",
+        "models/lenet_bn.ir",
+        "--mode",
+        "train",
+        "--batch",
+        "16",
+        "--reps",
+        "2",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["mode"], "train");
+    assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
+}
