@@ -11,31 +11,9 @@ use super::{Epilogue, KernelSpec, train_stats, window_out};
 /// Panics on an inference spec.
 pub fn reference_train(spec: &KernelSpec, inputs: &[&[f32]], n: usize) -> Vec<Vec<f32>> {
     match *spec {
-        KernelSpec::TrainConv2d {
-            c_in,
-            h,
-            w,
-            c_out,
-            kernel,
-            stride,
-            padding,
-            bias,
-            stats,
-        } => {
-            let conv = KernelSpec::Conv2d {
-                c_in,
-                h,
-                w,
-                c_out,
-                kernel,
-                stride,
-                padding,
-                groups: 1,
-                epi: Epilogue {
-                    bias,
-                    ..Epilogue::NONE
-                },
-            };
+        KernelSpec::TrainConv2d { c_out, stats, .. } => {
+            // The forward convolution is the inference kernel without activation.
+            let conv = spec.forward_conv();
             let mut out = vec![0.0; n * conv.out_len()];
             reference(&conv, inputs, &mut out, n);
             let [_, oh, ow] = spec.out_chw();

@@ -9,6 +9,38 @@ pub(crate) fn window_out(x: usize, k: usize, s: usize, p: usize) -> usize {
 }
 
 impl KernelSpec {
+    /// The inference `Conv2d` that computes a `TrainConv2d`'s output (bias only, no
+    /// epilogue); any other spec is returned unchanged.
+    pub fn forward_conv(&self) -> KernelSpec {
+        match *self {
+            KernelSpec::TrainConv2d {
+                c_in,
+                h,
+                w,
+                c_out,
+                kernel,
+                stride,
+                padding,
+                bias,
+                ..
+            } => KernelSpec::Conv2d {
+                c_in,
+                h,
+                w,
+                c_out,
+                kernel,
+                stride,
+                padding,
+                groups: 1,
+                epi: Epilogue {
+                    bias,
+                    ..Epilogue::NONE
+                },
+            },
+            other => other,
+        }
+    }
+
     /// The names of the kernel's buffers in calling order; the last one is the output.
     pub fn buffer_names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();

@@ -21,31 +21,9 @@ use crate::codegen::{Activation, Epilogue, KernelSpec, window_out};
 /// Lowers the training specs.
 pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
     match *spec {
-        KernelSpec::TrainConv2d {
-            c_in,
-            h,
-            w,
-            c_out,
-            kernel,
-            stride,
-            padding,
-            bias,
-            stats,
-        } => {
-            let conv = KernelSpec::Conv2d {
-                c_in,
-                h,
-                w,
-                c_out,
-                kernel,
-                stride,
-                padding,
-                groups: 1,
-                epi: Epilogue {
-                    bias,
-                    ..Epilogue::NONE
-                },
-            };
+        KernelSpec::TrainConv2d { c_out, stats, .. } => {
+            // The forward convolution is the inference kernel without activation.
+            let conv = spec.forward_conv();
             let [_, oh, ow] = spec.out_chw();
             conv2d_with(
                 index,
