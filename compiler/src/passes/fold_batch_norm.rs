@@ -311,6 +311,29 @@ mod tests {
     }
 
     #[test]
+    fn grouped_and_strided_convolutions_fold() {
+        // Axis 0 of a grouped weight [out, in/groups, kh, kw] still indexes every output
+        // channel, so one per-channel scale serves all groups.
+        let src = "input x: f32[N,4,9,9]\n\
+                   c = conv2d(x, channels=6, kernel=3, stride=2, padding=1, groups=2)\n\
+                   bn = batch_norm(c)\n\
+                   d = conv2d(bn, channels=6, kernel=1, groups=6, bias=false)\n\
+                   bn2 = batch_norm(d)\n\
+                   output bn2\n";
+        let g = compile(src, true);
+        let ops: Vec<&str> = g
+            .node_ids()
+            .into_iter()
+            .filter_map(|id| g.node(id).op().map(|o| o.name()))
+            .collect();
+        assert!(
+            !ops.contains(&"scale_shift") && !ops.contains(&"batch_norm_infer"),
+            "{ops:?}"
+        );
+        check_fold_preserves_logits(src, &[3, 4, 9, 9]);
+    }
+
+    #[test]
     fn every_decision_is_explained() {
         let mut g = parse(
             "input x: f32[N,3,9,9]\nc = conv2d(x, channels=4, kernel=3)\nbn = batch_norm(c)\nr = relu(c)\n\
