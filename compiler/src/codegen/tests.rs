@@ -11,10 +11,10 @@ use super::loop_ir::{Buf, KernelBuilder, LoopKind, Stmt, Val, for_, split, v};
 use super::*;
 
 /// A deterministic generator so that failures reproduce from the proptest seed alone.
-struct Lcg(u64);
+pub(super) struct Lcg(pub(super) u64);
 
 impl Lcg {
-    fn next(&mut self) -> f32 {
+    pub(super) fn next(&mut self) -> f32 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -23,22 +23,26 @@ impl Lcg {
     }
 }
 
-fn metric(got: &[f32], want: &[f32]) -> f32 {
+pub(super) fn metric(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
     got.iter()
         .zip(want)
         .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
         .fold(0.0, f32::max)
 }
 
-/// Runs `spec` on `n` random images through the JIT and the reference; returns the error.
-fn jit_error(spec: KernelSpec, n: usize, seed: u64) -> f32 {
-    let mut rng = Lcg(seed);
-    let lens = spec.buffer_lens(n);
-    let names = spec.buffer_names();
-    let inputs: Vec<Vec<f32>> = lens[..lens.len() - 1]
+/// Random contents for the first `count` buffers of `spec` at batch `n`. Scales near 1 keep
+/// the interesting range of the activations in play.
+pub(super) fn random_inputs(
+    spec: &KernelSpec,
+    n: usize,
+    count: usize,
+    rng: &mut Lcg,
+) -> Vec<Vec<f32>> {
+    let (lens, names) = (spec.buffer_lens(n), spec.buffer_names());
+    lens[..count]
         .iter()
         .zip(&names)
-        // Scales near 1 keep the interesting range of the activations in play.
         .map(|(&len, &name)| {
             (0..len)
                 .map(|_| {
@@ -50,7 +54,15 @@ fn jit_error(spec: KernelSpec, n: usize, seed: u64) -> f32 {
                 })
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+/// Runs `spec` on `n` random images through the JIT and the reference; returns the error.
+fn jit_error(spec: KernelSpec, n: usize, seed: u64) -> f32 {
+    let mut rng = Lcg(seed);
+    let lens = spec.buffer_lens(n);
+    let names = spec.buffer_names();
+    let inputs = random_inputs(&spec, n, lens.len() - 1, &mut rng);
     let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
     let mut want = vec![0.0; lens[lens.len() - 1]];
     reference(&spec, &refs, &mut want, n);

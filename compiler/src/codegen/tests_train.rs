@@ -3,29 +3,8 @@
 
 use proptest::prelude::*;
 
+use super::tests::{Lcg, metric, random_inputs};
 use super::*;
-
-/// A deterministic generator in `[-1, 1)`.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-/// `max |a - b| / max(1, |b|)`.
-fn metric(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-        .fold(0.0, f32::max)
-}
 
 /// Runs a training spec on `n` random images through the JIT and the reference; returns the
 /// worst error over its outputs.
@@ -37,21 +16,7 @@ fn train_error(spec: KernelSpec, n: usize, seed: u64) -> f32 {
         .iter()
         .position(|&b| matches!(b, "output" | "saved"))
         .expect("an output");
-    let inputs: Vec<Vec<f32>> = lens[..first_out]
-        .iter()
-        .zip(&names)
-        .map(|(&len, &name)| {
-            (0..len)
-                .map(|_| {
-                    if name == "scale" {
-                        1.0 + 0.5 * rng.next()
-                    } else {
-                        rng.next()
-                    }
-                })
-                .collect()
-        })
-        .collect();
+    let inputs = random_inputs(&spec, n, first_out, &mut rng);
     let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
     let want = reference_train(&spec, &refs, n);
     let mut bufs = inputs.clone();
