@@ -20,8 +20,8 @@ use crate::ir::{Graph, NodeId, Op, PoolAttrs, TensorType};
 /// Why a graph cannot be lowered to kernels.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum LowerError {
-    /// An op the inference backend has no kernel for (in this mode or at all).
-    #[error("`{node}`: {op} has no inference kernel; {hint}")]
+    /// An op (or a use of it) that the backend cannot compile.
+    #[error("`{node}`: the native backend cannot compile this {op}; {hint}")]
     Unsupported {
         /// The node.
         node: String,
