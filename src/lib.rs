@@ -14,6 +14,11 @@
 
 use std::path::Path;
 
+/// The README's Rust example runs as a doctest, so the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 use thiserror::Error;
 
 pub use bnc_compiler as compiler;
