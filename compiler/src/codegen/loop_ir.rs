@@ -123,6 +123,22 @@ pub struct Guard {
     pub hi: i64,
 }
 
+impl Guard {
+    /// The guards that keep a padded coordinate inside `0..size`: one when there is
+    /// padding (only padding can take the coordinate out of range), none otherwise.
+    pub fn padded(coord: Idx, pad: usize, size: usize) -> Vec<Guard> {
+        if pad > 0 {
+            vec![Guard {
+                coord,
+                lo: 0,
+                hi: size as i64,
+            }]
+        } else {
+            vec![]
+        }
+    }
+}
+
 /// A float register: element `elem` (constant once unrolled loops are substituted) of a
 /// register array, so that unrolled code can keep a block of accumulators.
 #[derive(Clone, Debug, PartialEq)]

@@ -190,15 +190,7 @@ impl Conv {
                 );
                 // Input column ix = ox*sw + kx - pad_w; only padding can take it out of range.
                 let ix = (v(ox) + v(u) * 4usize) * sw + v(kx) - pad_w;
-                let guards = if pad_w > 0 {
-                    vec![Guard {
-                        coord: ix,
-                        lo: 0,
-                        hi: w as i64,
-                    }]
-                } else {
-                    vec![]
-                };
+                let guards = Guard::padded(ix, pad_w, w);
                 let x = Val::Load {
                     buf: Buf::Param(0),
                     idx: v(xrow) + v(u) * (4 * sw) + v(kx),

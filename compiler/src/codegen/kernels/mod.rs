@@ -125,15 +125,7 @@ pub(super) fn pool_plane(
             let acc = b.reg();
             let ih = v(ph) * sh + v(ky) - pad_h;
             let iw = v(pw) * sw + v(kx) - pad_w;
-            let guards = if pad_w > 0 {
-                vec![Guard {
-                    coord: iw.clone(),
-                    lo: 0,
-                    hi: w as i64,
-                }]
-            } else {
-                vec![]
-            };
+            let guards = Guard::padded(iw.clone(), pad_w, w);
             let x = Val::Select {
                 guards: guards.clone(),
                 a: Box::new(src(v(c), ky, ih, iw, guards)),

@@ -317,17 +317,7 @@ fn conv_grad_w(
     // Lane slot of tap kx for the current (co, ci, ky).
     let slot = |kx: Idx| (((v(co) * c_in + v(ci)) * kh + v(ky)) * kw + kx) * 4usize;
     let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
-    let guards = |ix: Idx| {
-        if pw > 0 {
-            vec![Guard {
-                coord: ix,
-                lo: 0,
-                hi: w as i64,
-            }]
-        } else {
-            vec![]
-        }
-    };
+    let guards = |ix: Idx| Guard::padded(ix, pw, w);
     // Output rows whose input row oy + ky - ph lies inside the image.
     let oy_lo = Idx::Const(0).max(Idx::from(ph) - v(ky));
     let oy_hi = Idx::from(oh).min(Idx::from(h + ph) - v(ky));
