@@ -387,6 +387,39 @@ pub fn for_(
     }
 }
 
+/// Covers the constant range `0..n` with vector loops of decreasing `steps` (each a multiple
+/// of 4, the last one 4) and, instead of a scalar tail, one more vector trip at `n - 4` that
+/// recomputes up to three elements the loops before it already did; below four elements it
+/// is a scalar loop. Only for bodies whose stores overwrite with values that do not depend
+/// on the trip (a recomputed element is written twice with the same value): a scalar tail
+/// element costs as much as four vector ones.
+pub fn split_overlapping(
+    b: &mut KernelBuilder,
+    n: usize,
+    steps: &[usize],
+    mut body: impl FnMut(&mut KernelBuilder, IVar, usize) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    debug_assert!(steps.last() == Some(&4) && steps.iter().all(|s| s % 4 == 0));
+    if n < 4 {
+        return split(b, 0usize.into(), n.into(), &[1], false, body);
+    }
+    let main = n - n % 4;
+    let mut out = split(b, 0usize.into(), main.into(), steps, true, &mut body);
+    if main < n {
+        let var = b.var();
+        let stmts = body(b, var, 4);
+        out.push(Stmt::Loop {
+            var,
+            lo: (n - 4).into(),
+            hi: n.into(),
+            step: 4,
+            kind: LoopKind::Vector,
+            body: stmts,
+        });
+    }
+    out
+}
+
 /// Splits `lo..hi` into consecutive loops with decreasing steps so each covers a whole number
 /// of steps: e.g. steps `[8, 4, 1]` give a vector loop taking two vectors per trip, one taking
 /// one vector, and a scalar tail. `body(b, var, step)` writes the body for one step size

@@ -201,6 +201,39 @@ proptest! {
     }
 }
 
+/// A padded conv reads a zero-bordered stack copy of each image when it fits in 16K floats
+/// and bounds-checks every tap otherwise; both paths, with widths that leave a vector tail
+/// (recomputed by an overlapping vector) and strides.
+#[test]
+fn padded_conv_copy_and_guarded_paths() {
+    // (c_in, h, w, stride, padding): the first two fit the copy, the last two do not
+    // (20 * 32 * 33 floats after padding).
+    for (c_in, h, w, stride, padding) in [
+        (3, 12, 13, 1, 1),
+        (3, 29, 30, 2, 2),
+        (20, 30, 31, 1, 1),
+        (20, 29, 30, 2, 2),
+    ] {
+        let spec = KernelSpec::Conv2d {
+            c_in,
+            h,
+            w,
+            c_out: 7,
+            kernel: [3, 3],
+            stride: [stride; 2],
+            padding: [padding; 2],
+            groups: 1,
+            epi: Epilogue {
+                bias: true,
+                act: Activation::Sigmoid,
+                ..Epilogue::NONE
+            },
+        };
+        let err = jit_error(spec, 3, 7);
+        assert!(err <= TOL, "{spec:?}: relative error {err}");
+    }
+}
+
 /// Every epilogue combination (bias x scale/shift x activation x pool) on a padded conv, and
 /// every pool-free one on a dense layer.
 #[test]

@@ -8,17 +8,45 @@
 use super::{EpiBufs, pool_plane};
 use crate::codegen::loop_ir::{
     Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
-    split, v,
+    split_overlapping, v,
 };
 use crate::codegen::{Epilogue, KernelSpec, window_out};
 
 /// Output channels per register block: five channels times two F32X4 pixel vectors of
-/// accumulators, two input vectors, the weight broadcast and the copy `vfmadd213` needs fit
-/// the 16 XMM registers Cranelift allocates; a block of six spilled in the inner loop.
+/// accumulators, two input vectors and a weight broadcast fit the 16 XMM registers Cranelift
+/// allocates. (Blocks of 3 to 6 channels, and three pixel vectors, measured the same on
+/// LeNet's convs; the inner loop is near the FMA rate Cranelift's code reaches.)
 const CHANNEL_BLOCK: usize = 5;
 
-/// The static shape facts the row emitter needs.
+/// The largest zero-bordered image copy (in floats) kept on the stack: 64 KiB, well inside
+/// the stack of any thread that runs kernels.
+const PADDED_LOCAL_MAX: usize = 16 * 1024;
+
+/// Zero-fills local `buf` of `len` floats.
+fn fill(b: &mut KernelBuilder, buf: Buf, len: usize) -> Vec<Stmt> {
+    split_overlapping(b, len, &[8, 4], |b, i, step| {
+        let u = b.var();
+        vec![for_(
+            u,
+            0usize,
+            (step / 4).max(1),
+            LoopKind::Unroll,
+            vec![Stmt::Store {
+                buf,
+                idx: v(i) + v(u) * 4usize,
+                val: Val::Const(0.0),
+            }],
+        )]
+    })
+}
+
+/// The static shape facts the row emitter needs. `h`, `w` and `padding` describe the
+/// buffer the taps read (`x`): the input itself, or its zero-bordered copy with no padding.
 struct Conv {
+    /// What the taps read.
+    x: Buf,
+    /// Whether `x` holds the whole batch (the input) rather than the current image.
+    x_image: bool,
     c_in: usize,
     h: usize,
     w: usize,
@@ -60,20 +88,32 @@ pub(super) fn conv2d_with(
     };
     let oh = window_out(h, kernel[0], stride[0], padding[0]);
     let ow = window_out(w, kernel[1], stride[1], padding[1]);
-    let conv = Conv {
-        c_in,
-        h,
-        w,
-        cg: c_in / groups,
-        kernel,
-        stride,
-        padding,
-        ow,
-        epi,
-    };
     let og = c_out / groups;
     let bufs = EpiBufs::new(&epi);
     let mut b = KernelBuilder::new();
+    // A padded image small enough for the stack is copied into a zero-bordered local array
+    // once per image, so the taps need no bounds checks: a guarded vector load that straddles
+    // the border falls back to a per-lane gather, which made padded convs (conv1) slow.
+    let (hp, wp) = (h + 2 * padding[0], w + 2 * padding[1]);
+    let pad_copy = padding != [0, 0] && c_in * hp * wp <= PADDED_LOCAL_MAX;
+    let (x, x_image, ch, cw, cpad) = if pad_copy {
+        (b.local(c_in * hp * wp), false, hp, wp, [0, 0])
+    } else {
+        (Buf::Param(0), true, h, w, padding)
+    };
+    let conv = Conv {
+        x,
+        x_image,
+        c_in,
+        h: ch,
+        w: cw,
+        cg: c_in / groups,
+        kernel,
+        stride,
+        padding: cpad,
+        ow,
+        epi,
+    };
     // Split each group's channels into blocks of nearly equal size (e.g. 16 = 4 + 4 + 4 + 4).
     let blocks = og.div_ceil(CHANNEL_BLOCK);
     let small = og / blocks;
@@ -131,7 +171,40 @@ pub(super) fn conv2d_with(
         per_group.push(for_(bi, 0usize, count, LoopKind::Serial, body));
     }
     let (mut body, per_image) = hook(&mut b, n, bufs.out);
-    let mut image = vec![for_(g, 0usize, groups, LoopKind::Serial, per_group)];
+    let mut image = Vec::new();
+    if pad_copy {
+        // The border is zeroed once per call; each image overwrites only the interior.
+        body.extend(fill(&mut b, x, c_in * hp * wp));
+        let (c, y) = (b.var(), b.var());
+        let copy = split_overlapping(&mut b, w, &[8, 4], |b, xv, step| {
+            let u = b.var();
+            let at = v(xv) + v(u) * 4usize;
+            let src = Val::load(
+                Buf::Param(0),
+                ((v(n) * c_in + v(c)) * h + v(y)) * w + at.clone(),
+            );
+            let dst = (v(c) * hp + v(y) + padding[0]) * wp + at + padding[1];
+            vec![for_(
+                u,
+                0usize,
+                (step / 4).max(1),
+                LoopKind::Unroll,
+                vec![Stmt::Store {
+                    buf: x,
+                    idx: dst,
+                    val: src,
+                }],
+            )]
+        });
+        image.push(for_(
+            c,
+            0usize,
+            c_in,
+            LoopKind::Serial,
+            vec![for_(y, 0usize, h, LoopKind::Serial, copy)],
+        ));
+    }
+    image.push(for_(g, 0usize, groups, LoopKind::Serial, per_group));
     image.extend(per_image);
     body.push(for_(n, N_BEGIN, N_END, LoopKind::Serial, image));
     b.finish(format!("k{index}_{name}"), bufs.params() + extra, body)
@@ -156,121 +229,110 @@ impl Conv {
         let [sh, sw] = self.stride;
         let [pad_h, pad_w] = self.padding;
         let (h, w, cg) = (self.h, self.w, self.cg);
-        split(
-            b,
-            0usize.into(),
-            self.ow.into(),
-            &[8, 4, 1],
-            true,
-            |b, ox, step| {
-                let nv = (step / 4).max(1);
-                let (acc, xr, wr) = (b.reg(), b.reg(), b.reg());
-                let (cb, u, ci, ky, kx, xrow, wrow) = (
-                    b.var(),
-                    b.var(),
-                    b.var(),
-                    b.var(),
-                    b.var(),
-                    b.var(),
-                    b.var(),
-                );
-                let acc_at = || reg(acc, v(cb) * nv + v(u));
-                let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
-                let init = unroll(
-                    cb,
-                    size,
-                    vec![unroll(
+        split_overlapping(b, self.ow, &[8, 4], |b, ox, step| {
+            let nv = (step / 4).max(1);
+            let (acc, xr) = (b.reg(), b.reg());
+            let (cb, u, ci, ky, kx, xrow, wrow) = (
+                b.var(),
+                b.var(),
+                b.var(),
+                b.var(),
+                b.var(),
+                b.var(),
+                b.var(),
+            );
+            let acc_at = || reg(acc, v(cb) * nv + v(u));
+            let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
+            let init = unroll(
+                cb,
+                size,
+                vec![unroll(
+                    u,
+                    nv,
+                    vec![Stmt::Set {
+                        reg: acc_at(),
+                        val: Val::Const(0.0),
+                    }],
+                )],
+            );
+            // Input column ix = ox*sw + kx - pad_w; only padding can take it out of range.
+            let ix = (v(ox) + v(u) * 4usize) * sw + v(kx) - pad_w;
+            let guards = Guard::padded(ix, pad_w, w);
+            let x = Val::Load {
+                buf: self.x,
+                idx: v(xrow) + v(u) * (4 * sw) + v(kx),
+                guards,
+            };
+            let wt = Val::load(Buf::Param(1), v(wrow) + v(cb) * (cg * kh * kw) + v(kx));
+            // Cranelift's vfmadd213 overwrites its first operand, so that operand is a fresh
+            // weight broadcast for every FMA (a load, which the load ports have room for)
+            // rather than a register shared by `nv` FMAs, which would need a copy each.
+            let fma = Val::fma(wt, Val::Get(reg(xr, v(u))), Val::Get(acc_at()));
+            let taps = unroll(
+                kx,
+                kw,
+                vec![
+                    unroll(
                         u,
                         nv,
                         vec![Stmt::Set {
-                            reg: acc_at(),
-                            val: Val::Const(0.0),
+                            reg: reg(xr, v(u)),
+                            val: x,
                         }],
-                    )],
-                );
-                // Input column ix = ox*sw + kx - pad_w; only padding can take it out of range.
-                let ix = (v(ox) + v(u) * 4usize) * sw + v(kx) - pad_w;
-                let guards = Guard::padded(ix, pad_w, w);
-                let x = Val::Load {
-                    buf: Buf::Param(0),
-                    idx: v(xrow) + v(u) * (4 * sw) + v(kx),
-                    guards,
-                };
-                let wt = Val::load(Buf::Param(1), v(wrow) + v(cb) * (cg * kh * kw) + v(kx));
-                // Cranelift's vfmadd213 overwrites its first operand, so the operand with fewer
-                // uses (the weight, used by `nv` FMAs rather than `size`) goes first: fewer copies.
-                let fma = Val::fma(
-                    Val::Get(reg(wr, 0usize)),
-                    Val::Get(reg(xr, v(u))),
-                    Val::Get(acc_at()),
-                );
-                let taps = unroll(
-                    kx,
-                    kw,
-                    vec![
-                        unroll(
+                    ),
+                    unroll(
+                        cb,
+                        size,
+                        vec![unroll(
                             u,
                             nv,
                             vec![Stmt::Set {
-                                reg: reg(xr, v(u)),
-                                val: x,
+                                reg: acc_at(),
+                                val: fma,
                             }],
-                        ),
-                        unroll(
-                            cb,
-                            size,
-                            vec![
-                                Stmt::Set {
-                                    reg: reg(wr, 0usize),
-                                    val: wt,
-                                },
-                                unroll(
-                                    u,
-                                    nv,
-                                    vec![Stmt::Set {
-                                        reg: acc_at(),
-                                        val: fma,
-                                    }],
-                                ),
-                            ],
-                        ),
-                    ],
-                );
-                // Kernel rows whose input row iy = oy*sh + ky - pad_h lies inside the image.
-                let ky_lo = Idx::Const(0).max(Idx::from(pad_h) - oy.clone() * sh);
-                let ky_hi = Idx::from(kh).min(Idx::from(h + pad_h) - oy.clone() * sh);
-                let chan = (n.clone() * self.c_in + g.clone() * cg + v(ci)) * h;
-                let lets = vec![
-                    Stmt::Let {
-                        var: xrow,
-                        idx: (chan + oy.clone() * sh + v(ky) - pad_h) * w + v(ox) * sw - pad_w,
-                    },
-                    Stmt::Let {
-                        var: wrow,
-                        idx: (co0.clone() * cg + v(ci)) * (kh * kw) + v(ky) * kw,
-                    },
-                    taps,
-                ];
-                let reduce = for_(
-                    ci,
-                    0usize,
-                    cg,
-                    LoopKind::Serial,
-                    vec![for_(ky, ky_lo, ky_hi, LoopKind::Serial, lets)],
-                );
-                let out = self.epi_store(
-                    bufs,
-                    acc_at(),
-                    co0.clone() + v(cb),
-                    dst(v(cb), v(ox) + v(u) * 4usize),
-                );
-                vec![
-                    init,
-                    reduce,
-                    unroll(cb, size, vec![unroll(u, nv, vec![out])]),
-                ]
-            },
-        )
+                        )],
+                    ),
+                ],
+            );
+            // Kernel rows whose input row iy = oy*sh + ky - pad_h lies inside the image.
+            let ky_lo = Idx::Const(0).max(Idx::from(pad_h) - oy.clone() * sh);
+            let ky_hi = Idx::from(kh).min(Idx::from(h + pad_h) - oy.clone() * sh);
+            let image = if self.x_image {
+                n.clone() * self.c_in
+            } else {
+                Idx::Const(0)
+            };
+            let chan = (image + g.clone() * cg + v(ci)) * h;
+            let lets = vec![
+                Stmt::Let {
+                    var: xrow,
+                    idx: (chan + oy.clone() * sh + v(ky) - pad_h) * w + v(ox) * sw - pad_w,
+                },
+                Stmt::Let {
+                    var: wrow,
+                    idx: (co0.clone() * cg + v(ci)) * (kh * kw) + v(ky) * kw,
+                },
+                taps,
+            ];
+            let reduce = for_(
+                ci,
+                0usize,
+                cg,
+                LoopKind::Serial,
+                vec![for_(ky, ky_lo, ky_hi, LoopKind::Serial, lets)],
+            );
+            let out = self.epi_store(
+                bufs,
+                acc_at(),
+                co0.clone() + v(cb),
+                dst(v(cb), v(ox) + v(u) * 4usize),
+            );
+            vec![
+                init,
+                reduce,
+                unroll(cb, size, vec![unroll(u, nv, vec![out])]),
+            ]
+        })
     }
 
     fn epi_store(
