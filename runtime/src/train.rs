@@ -9,6 +9,7 @@
 //! scope. The result depends only on the inputs, the parameters and the thread count.
 
 use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -333,6 +334,32 @@ impl Trainer {
     /// One SGD step on a batch: `images` is `f32[b, ...input dims]` flattened, `labels` has
     /// `b <= cfg.batch` entries in `0..classes`.
     pub fn step(&mut self, images: &[f32], labels: &[i32]) -> Result<StepStats, TrainError> {
+        self.step_with(images, labels, None)
+    }
+
+    /// Runs one SGD step like [`Trainer::step`] but on one thread, timing each phase: per
+    /// layer the forward kernels, the elementwise backward, the BatchNorm input gradient, the
+    /// weight and input gradient kernels, then the loss and the update. For `bnc bench`.
+    pub fn profile_step(
+        &mut self,
+        images: &[f32],
+        labels: &[i32],
+    ) -> Result<Vec<(String, Duration)>, TrainError> {
+        let threads = self.cfg.threads;
+        self.cfg.threads = 1;
+        let prof = Mutex::new(Vec::new());
+        let result = self.step_with(images, labels, Some(&prof));
+        self.cfg.threads = threads;
+        result?;
+        Ok(prof.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn step_with(
+        &mut self,
+        images: &[f32],
+        labels: &[i32],
+        prof: Option<&Mutex<Vec<(String, Duration)>>>,
+    ) -> Result<StepStats, TrainError> {
         let b = labels.len();
         let per_image: usize = self.plan.input_dims.iter().product();
         if b == 0 || b > self.cfg.batch {
@@ -379,6 +406,7 @@ impl Trainer {
             labels,
             batch: b,
             ex: &ex,
+            prof,
         };
         let mut outs: Vec<ThreadOut> = Vec::with_capacity(threads);
         std::thread::scope(|s| {
@@ -397,7 +425,15 @@ impl Trainer {
         });
         let loss: f64 = outs.iter().map(|o| o.loss).sum();
         let correct = outs.iter().map(|o| o.correct).sum();
+        let start = Instant::now();
         self.finish_step(&outs[0], threads);
+        if let Some(p) = prof {
+            record(
+                p,
+                "update (merge, running stats, SGD, repack)".into(),
+                start,
+            );
+        }
         Ok(StepStats {
             loss: (loss / b as f64) as f32,
             correct,
@@ -488,6 +524,15 @@ struct StepCtx<'a> {
     labels: &'a [i32],
     batch: usize,
     ex: &'a Exchange,
+    /// Where phase times go when profiling (one thread).
+    prof: Option<&'a Mutex<Vec<(String, Duration)>>>,
+}
+
+fn record(prof: &Mutex<Vec<(String, Duration)>>, what: String, start: Instant) {
+    let t = start.elapsed();
+    prof.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((what, t));
 }
 
 /// Calls kernel `k` on images `0..n` of the given buffers.
@@ -499,6 +544,16 @@ fn call(f: KernelFn, bufs: &[*mut f32], n: usize) {
 }
 
 impl StepCtx<'_> {
+    /// Runs `f`, recording its time under `what()` when profiling.
+    fn timed<R>(&self, what: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = f();
+        if let Some(p) = self.prof {
+            record(p, what(), start);
+        }
+        r
+    }
+
     fn run(&self, t: usize, (n0, n1): (usize, usize), bufs: &mut [LayerBufs]) -> ThreadOut {
         let n = n1 - n0;
         let per_image: usize = self.plan.input_dims.iter().product();
@@ -523,7 +578,10 @@ impl StepCtx<'_> {
             if l.bn.is_some() {
                 args.push(lb.stats.as_mut_ptr());
             }
-            call(self.fns[lk.linear], &args, n);
+            self.timed(
+                || format!("fwd {}: linear", l.name),
+                || call(self.fns[lk.linear], &args, n),
+            );
             if let (Some(bn), Some((gamma, beta, _, _))) = (&l.bn, &lp.bn) {
                 let all = self.ex.all_gather(
                     t,
@@ -541,10 +599,17 @@ impl StepCtx<'_> {
                 if l.pool.is_some() {
                     a.push(lb.p.as_mut_ptr());
                 }
-                call(self.fns[lk.post.expect("bn has a post kernel")], &a, n);
+                let k = lk.post.expect("bn has a post kernel");
+                self.timed(
+                    || format!("fwd {}: bn+act+pool", l.name),
+                    || call(self.fns[k], &a, n),
+                );
                 stats[i] = Some(s);
             } else if let Some(k) = lk.post {
-                call(self.fns[k], &[lb.a.as_mut_ptr(), lb.p.as_mut_ptr()], n);
+                self.timed(
+                    || format!("fwd {}: post", l.name),
+                    || call(self.fns[k], &[lb.a.as_mut_ptr(), lb.p.as_mut_ptr()], n),
+                );
             }
             x = if l.pool.is_some() {
                 lb.p.as_mut_ptr()
@@ -581,31 +646,44 @@ impl StepCtx<'_> {
             let (lk, lp) = (&self.kernels[i], &self.layers[i]);
             let (before, rest) = bufs.split_at_mut(i);
             let lb = &mut rest[0];
+            let elementwise = || format!("bwd {}: pool+act backward, bn sums", l.name);
             let (sums, gamma) = match (&stats[i], &lp.bn) {
                 (Some(s), Some((g, _, _, _))) => {
-                    let partial = backward_elementwise(l, lb_view(lb), n, Some(s));
+                    let partial = self.timed(elementwise, || {
+                        backward_elementwise(l, lb_view(lb), n, Some(s))
+                    });
                     let all = self.ex.all_gather(t, partial.pack());
                     (Some((s, BnSums::merge(&all, l.channels))), Some(*g))
                 }
                 _ => {
-                    backward_elementwise(l, lb_view(lb), n, None);
+                    self.timed(elementwise, || {
+                        backward_elementwise(l, lb_view(lb), n, None)
+                    });
                     (None, None)
                 }
             };
             if let (Some((s, sums)), Some(g)) = (&sums, gamma) {
-                bn_dz(l, &lb.z, &mut lb.d_z, n, s, sums, &self.sgd.params[g].value);
+                self.timed(
+                    || format!("bwd {}: bn dx", l.name),
+                    || bn_dz(l, &lb.z, &mut lb.d_z, n, s, sums, &self.sgd.params[g].value),
+                );
                 out.bn[i] = Some(((*s).clone(), sums.clone()));
             }
             // Bias gradient: the per-channel sum of dz over this thread's images.
             let hw = l.hw[0] * l.hw[1];
             lb.gb.iter_mut().for_each(|v| *v = 0.0);
             if lp.bias.is_some() {
-                for img in 0..n {
-                    for c in 0..l.channels {
-                        let base = (img * l.channels + c) * hw;
-                        lb.gb[c] += lb.d_z[base..base + hw].iter().sum::<f32>();
-                    }
-                }
+                self.timed(
+                    || format!("bwd {}: bias gradient", l.name),
+                    || {
+                        for img in 0..n {
+                            for c in 0..l.channels {
+                                let base = (img * l.channels + c) * hw;
+                                lb.gb[c] += lb.d_z[base..base + hw].iter().sum::<f32>();
+                            }
+                        }
+                    },
+                );
             }
             let x = if i == 0 {
                 input
@@ -617,20 +695,31 @@ impl StepCtx<'_> {
                     pb.a.as_mut_ptr()
                 }
             };
-            call(
-                self.fns[lk.grad_w],
-                &[x, lb.d_z.as_mut_ptr(), lb.gw.as_mut_ptr()],
-                n,
+            self.timed(
+                || format!("bwd {}: weight gradient", l.name),
+                || {
+                    call(
+                        self.fns[lk.grad_w],
+                        &[x, lb.d_z.as_mut_ptr(), lb.gw.as_mut_ptr()],
+                        n,
+                    )
+                },
             );
             if let Some(k) = lk.grad_x {
                 let dst = before[i - 1].d_out.as_mut_ptr();
                 let src = if l.grad_x_pad == [0, 0] {
                     lb.d_z.as_mut_ptr()
                 } else {
-                    pad_planes(&lb.d_z, &mut lb.d_pad, n * l.channels, l.hw, l.grad_x_pad);
+                    self.timed(
+                        || format!("bwd {}: pad dz", l.name),
+                        || pad_planes(&lb.d_z, &mut lb.d_pad, n * l.channels, l.hw, l.grad_x_pad),
+                    );
                     lb.d_pad.as_mut_ptr()
                 };
-                call(self.fns[k], &[src, lp.w_bwd.as_ptr().cast_mut(), dst], n);
+                self.timed(
+                    || format!("bwd {}: input gradient", l.name),
+                    || call(self.fns[k], &[src, lp.w_bwd.as_ptr().cast_mut(), dst], n),
+                );
             }
         }
         out

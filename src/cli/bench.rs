@@ -152,11 +152,33 @@ fn train(a: &BenchArgs) -> anyhow::Result<()> {
     let per_step = median(times);
     let ips = batch as f64 / per_step.as_secs_f64().max(1e-12);
     let compile_ms = compile.as_secs_f64() * 1e3;
+    // Per phase on one thread: the median over up to ten profiled steps.
+    let mut phases: Vec<(String, Vec<Duration>)> = Vec::new();
+    for _ in 0..a.reps.min(10) {
+        for (i, (name, t)) in trainer
+            .profile_step(&images, &labels)?
+            .into_iter()
+            .enumerate()
+        {
+            match phases.get_mut(i) {
+                Some((_, ts)) => ts.push(t),
+                None => phases.push((name, vec![t])),
+            }
+        }
+    }
+    let phases: Vec<(String, f64)> = phases
+        .into_iter()
+        .map(|(name, t)| (name, median(t).as_secs_f64() * 1e6))
+        .collect();
     if a.json {
+        let ks: Vec<_> = phases
+            .iter()
+            .map(|(name, us)| serde_json::json!({ "name": name, "us": us }))
+            .collect();
         let obj = serde_json::json!({
             "model": file, "mode": "train", "batch": batch, "threads": threads,
             "images_per_s": ips, "us_per_step": per_step.as_secs_f64() * 1e6,
-            "compile_ms": compile_ms, "kernels": [],
+            "compile_ms": compile_ms, "kernels": ks,
         });
         println!("{obj}");
     } else {
@@ -168,6 +190,10 @@ fn train(a: &BenchArgs) -> anyhow::Result<()> {
         );
         println!("epoch of 60000 images at this rate: {:.2} s", 60000.0 / ips);
         println!("parse to native code: {compile_ms:.2} ms");
+        println!("per phase (1 thread, whole batch):");
+        for (name, us) in &phases {
+            println!("  {name:<48} {us:>10.1} µs");
+        }
     }
     Ok(())
 }
