@@ -21,7 +21,7 @@ use bnc_compiler::lower::train::{TrainLayer, TrainPlan, plan};
 use bnc_compiler::passes::{Mode, PassError, PassManager};
 
 use crate::sgd::{Sgd, SgdParam};
-use crate::train_bwd::{BnSums, Stats, backward_elementwise, bn_dz};
+use crate::train_bwd::{BnSums, Stats, backward_elementwise, bn_dz, lane_sum};
 use crate::weights::{ParamStore, WeightsError};
 
 /// How to train.
@@ -134,8 +134,6 @@ struct LayerBufs {
     gw: Vec<f32>,
     /// Partial bias gradient of this thread.
     gb: Vec<f32>,
-    /// `d_z` zero-padded for the input-gradient convolution.
-    d_pad: Vec<f32>,
 }
 
 /// What a thread hands back from a step.
@@ -318,12 +316,6 @@ impl Trainer {
             stats: vec![0.0; 3 * l.channels],
             gw: vec![0.0; l.weight_shape.iter().product()],
             gb: vec![0.0; l.channels],
-            d_pad: if l.grad_x_pad != [0, 0] {
-                let [ph, pw] = l.grad_x_pad;
-                vec![0.0; chunk * l.channels * (l.hw[0] + 2 * ph) * (l.hw[1] + 2 * pw)]
-            } else {
-                Vec::new()
-            },
         };
         self.bufs = (0..threads)
             .map(|_| self.plan.layers.iter().map(make).collect())
@@ -679,7 +671,7 @@ impl StepCtx<'_> {
                         for img in 0..n {
                             for c in 0..l.channels {
                                 let base = (img * l.channels + c) * hw;
-                                lb.gb[c] += lb.d_z[base..base + hw].iter().sum::<f32>();
+                                lb.gb[c] += lane_sum(&lb.d_z[base..base + hw]) as f32;
                             }
                         }
                     },
@@ -707,15 +699,7 @@ impl StepCtx<'_> {
             );
             if let Some(k) = lk.grad_x {
                 let dst = before[i - 1].d_out.as_mut_ptr();
-                let src = if l.grad_x_pad == [0, 0] {
-                    lb.d_z.as_mut_ptr()
-                } else {
-                    self.timed(
-                        || format!("bwd {}: pad dz", l.name),
-                        || pad_planes(&lb.d_z, &mut lb.d_pad, n * l.channels, l.hw, l.grad_x_pad),
-                    );
-                    lb.d_pad.as_mut_ptr()
-                };
+                let src = lb.d_z.as_mut_ptr();
                 self.timed(
                     || format!("bwd {}: input gradient", l.name),
                     || call(self.fns[k], &[src, lp.w_bwd.as_ptr().cast_mut(), dst], n),
@@ -723,25 +707,6 @@ impl StepCtx<'_> {
             }
         }
         out
-    }
-}
-
-/// Copies `planes` planes of `h x w` from `src` into the interiors of the zero-bordered planes
-/// of `dst` (whose borders are never written, so they stay zero).
-fn pad_planes(
-    src: &[f32],
-    dst: &mut [f32],
-    planes: usize,
-    [h, w]: [usize; 2],
-    [ph, pw]: [usize; 2],
-) {
-    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-    for p in 0..planes {
-        for y in 0..h {
-            let s = (p * h + y) * w;
-            let d = (p * hp + y + ph) * wp + pw;
-            dst[d..d + w].copy_from_slice(&src[s..s + w]);
-        }
     }
 }
 

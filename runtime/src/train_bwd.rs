@@ -3,7 +3,7 @@
 //! gradient, and the fused elementwise backward of pool, activation and BatchNorm (one pass
 //! that also reduces `Σdy` and `Σdy·x̂`, one pass for `dz`).
 
-use bnc_compiler::codegen::{Activation, PoolKind};
+use bnc_compiler::codegen::{Activation, Pool2d, PoolKind};
 use bnc_compiler::lower::train::TrainLayer;
 
 /// Batch statistics of one BatchNorm: per channel mean and biased variance over `count`
@@ -150,107 +150,177 @@ pub(crate) fn softmax_xent(row: &[f32], label: usize, batch: usize, d: &mut [f32
     )
 }
 
-/// The activation's derivative from its output.
-fn act_grad(act: Activation, a: f32) -> f32 {
+/// Calls `f` with the activation's derivative (from its output) as a concrete closure, so
+/// the per-element loops are monomorphized and vectorize.
+fn with_act_grad<R>(act: Activation, f: impl PlaneFn<R>) -> R {
     match act {
-        Activation::None => 1.0,
-        Activation::Relu => {
-            if a > 0.0 {
-                1.0
-            } else {
-                0.0
+        Activation::None => f.call(|_| 1.0),
+        Activation::Relu => f.call(|a| if a > 0.0 { 1.0 } else { 0.0 }),
+        Activation::Sigmoid => f.call(|a| a * (1.0 - a)),
+        Activation::Tanh => f.call(|a| 1.0 - a * a),
+    }
+}
+
+/// A computation generic over the activation derivative `g`.
+trait PlaneFn<R> {
+    fn call<G: Fn(f32) -> f32 + Copy>(self, g: G) -> R;
+}
+
+/// Lanes of the partial sums: enough independent chains for the vector units, and a fixed
+/// order of additions, so results are deterministic.
+const SUM_LANES: usize = 8;
+
+/// `Σ x` of a slice in `SUM_LANES` f32 partial sums, combined in f64.
+pub(crate) fn lane_sum(xs: &[f32]) -> f64 {
+    let mut acc = [0.0f32; SUM_LANES];
+    let chunks = xs.chunks_exact(SUM_LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    for c in chunks {
+        for j in 0..SUM_LANES {
+            acc[j] += c[j];
+        }
+    }
+    acc.iter().map(|&x| f64::from(x)).sum::<f64>() + tail
+}
+
+/// Writes the pool's input gradient for one plane into `dz` (`h x w`) from the pooled
+/// gradient `g` (`oh x ow`); `a` is the pool's input (for max pooling).
+fn pool_backward(p: &Pool2d, [h, w]: [usize; 2], g: &[f32], a: &[f32], dz: &mut [f32]) {
+    let (oh, ow) = p.out_hw(h, w);
+    let [kh, kw] = p.kernel;
+    if p.kind == PoolKind::Avg && p.stride == p.kernel && p.padding == [0, 0] {
+        // Disjoint windows: every input pixel gets its window's gradient / window size, or
+        // zero past the last whole window.
+        let scale = 1.0 / (kh * kw) as f32;
+        dz.iter_mut().for_each(|v| *v = 0.0);
+        for py in 0..oh {
+            let grow = &g[py * ow..(py + 1) * ow];
+            for y in py * kh..(py + 1) * kh {
+                let row = &mut dz[y * w..y * w + ow * kw];
+                for (win, &gv) in row.chunks_exact_mut(kw).zip(grow) {
+                    win.iter_mut().for_each(|v| *v = gv * scale);
+                }
             }
         }
-        Activation::Sigmoid => a * (1.0 - a),
-        Activation::Tanh => 1.0 - a * a,
+        return;
+    }
+    dz.iter_mut().for_each(|v| *v = 0.0);
+    for py in 0..oh {
+        for px in 0..ow {
+            let gv = g[py * ow + px];
+            let y0 = (py * p.stride[0]) as isize - p.padding[0] as isize;
+            let x0 = (px * p.stride[1]) as isize - p.padding[1] as isize;
+            let ys = y0.max(0) as usize..((y0 + kh as isize).min(h as isize)) as usize;
+            let xs = x0.max(0) as usize..((x0 + kw as isize).min(w as isize)) as usize;
+            match p.kind {
+                PoolKind::Avg => {
+                    let div = if p.count_include_pad {
+                        kh * kw
+                    } else {
+                        ys.len() * xs.len()
+                    };
+                    let gv = gv / div as f32;
+                    for y in ys {
+                        for x in xs.clone() {
+                            dz[y * w + x] += gv;
+                        }
+                    }
+                }
+                PoolKind::Max => {
+                    let mut best = (ys.start * w + xs.start, f32::NEG_INFINITY);
+                    for y in ys {
+                        for x in xs.clone() {
+                            if a[y * w + x] > best.1 {
+                                best = (y * w + x, a[y * w + x]);
+                            }
+                        }
+                    }
+                    dz[best.0] += gv;
+                }
+            }
+        }
     }
 }
 
 /// Pool backward, activation backward and (with `stats`) the BatchNorm sums, one channel
 /// plane at a time: `d_z` receives `dy = pool_back(d_out) · act'(a)`. Returns this thread's
-/// partial sums (empty without BatchNorm).
+/// partial sums (empty without BatchNorm). Within a plane the sums run in `SUM_LANES` f32
+/// lanes (a plane is at most a few thousand values of `dy` and `dy·x̂`, both O(|dy|)); planes
+/// are added in f64.
 pub(crate) fn backward_elementwise(
     l: &TrainLayer,
     b: BwdBufs<'_>,
     n: usize,
     stats: Option<&Stats>,
 ) -> BnSums {
-    let [h, w] = l.hw;
-    let hw = h * w;
-    let c = l.channels;
-    let mut sums = BnSums {
-        dbeta: vec![0.0; c],
-        dgamma: vec![0.0; c],
-    };
-    let inv = stats.map(|s| s.inv_std(l.bn.as_ref().map_or(1e-5, |bn| bn.eps)));
-    for img in 0..n {
-        for ch in 0..c {
-            let plane = (img * c + ch) * hw;
-            let dz = &mut b.d_z[plane..plane + hw];
-            let a = &b.a[plane..plane + hw];
-            match l.pool {
-                None => dz.copy_from_slice(&b.d_out[plane..plane + hw]),
-                Some(p) => {
-                    dz.iter_mut().for_each(|v| *v = 0.0);
-                    let (oh, ow) = p.out_hw(h, w);
-                    let pplane = (img * c + ch) * oh * ow;
-                    for py in 0..oh {
-                        for px in 0..ow {
-                            let g = b.d_out[pplane + py * ow + px];
-                            let y0 = (py * p.stride[0]) as isize - p.padding[0] as isize;
-                            let x0 = (px * p.stride[1]) as isize - p.padding[1] as isize;
-                            let ys = y0.max(0) as usize
-                                ..((y0 + p.kernel[0] as isize).min(h as isize)) as usize;
-                            let xs = x0.max(0) as usize
-                                ..((x0 + p.kernel[1] as isize).min(w as isize)) as usize;
-                            match p.kind {
-                                PoolKind::Avg => {
-                                    let div = if p.count_include_pad {
-                                        p.kernel[0] * p.kernel[1]
-                                    } else {
-                                        ys.len() * xs.len()
-                                    };
-                                    let g = g / div as f32;
-                                    for y in ys {
-                                        for x in xs.clone() {
-                                            dz[y * w + x] += g;
-                                        }
-                                    }
-                                }
-                                PoolKind::Max => {
-                                    let mut best = (ys.start * w + xs.start, f32::NEG_INFINITY);
-                                    for y in ys {
-                                        for x in xs.clone() {
-                                            if a[y * w + x] > best.1 {
-                                                best = (y * w + x, a[y * w + x]);
-                                            }
-                                        }
-                                    }
-                                    dz[best.0] += g;
-                                }
-                            }
+    struct Run<'a, 'b> {
+        l: &'a TrainLayer,
+        b: BwdBufs<'b>,
+        n: usize,
+        stats: Option<&'a Stats>,
+    }
+    impl PlaneFn<BnSums> for Run<'_, '_> {
+        fn call<G: Fn(f32) -> f32 + Copy>(self, grad: G) -> BnSums {
+            let Run { l, b, n, stats } = self;
+            let [h, w] = l.hw;
+            let hw = h * w;
+            let c = l.channels;
+            let mut sums = BnSums {
+                dbeta: vec![0.0; c],
+                dgamma: vec![0.0; c],
+            };
+            let eps = l.bn.as_ref().map_or(1e-5, |bn| bn.eps);
+            let inv = stats.map(|s| s.inv_std(eps));
+            let pooled = l.pool.map(|p| p.out_hw(h, w));
+            for img in 0..n {
+                for ch in 0..c {
+                    let plane = (img * c + ch) * hw;
+                    let dz = &mut b.d_z[plane..plane + hw];
+                    let a = &b.a[plane..plane + hw];
+                    match (&l.pool, pooled) {
+                        (Some(p), Some((oh, ow))) => {
+                            let pplane = (img * c + ch) * oh * ow;
+                            let g = &b.d_out[pplane..pplane + oh * ow];
+                            pool_backward(p, [h, w], g, a, dz);
+                        }
+                        _ => dz.copy_from_slice(&b.d_out[plane..plane + hw]),
+                    }
+                    let (Some(s), Some(inv)) = (stats, &inv) else {
+                        for (d, &av) in dz.iter_mut().zip(a) {
+                            *d *= grad(av);
+                        }
+                        continue;
+                    };
+                    let (mean, inv) = (s.mean[ch] as f32, inv[ch] as f32);
+                    let z = &b.z[plane..plane + hw];
+                    let (mut s1, mut s2) = ([0.0f32; SUM_LANES], [0.0f32; SUM_LANES]);
+                    let (mut t1, mut t2) = (0.0f64, 0.0f64);
+                    let mut dzc = dz.chunks_exact_mut(SUM_LANES);
+                    let mut ac = a.chunks_exact(SUM_LANES);
+                    let mut zc = z.chunks_exact(SUM_LANES);
+                    for ((d8, a8), z8) in (&mut dzc).zip(&mut ac).zip(&mut zc) {
+                        for j in 0..SUM_LANES {
+                            let d = d8[j] * grad(a8[j]);
+                            d8[j] = d;
+                            s1[j] += d;
+                            s2[j] += d * ((z8[j] - mean) * inv);
                         }
                     }
+                    let rest = dzc.into_remainder().iter_mut().zip(ac.remainder());
+                    for ((d, &av), &zv) in rest.zip(zc.remainder()) {
+                        *d *= grad(av);
+                        t1 += f64::from(*d);
+                        t2 += f64::from(*d * ((zv - mean) * inv));
+                    }
+                    let total = |s: [f32; SUM_LANES]| s.iter().map(|&x| f64::from(x)).sum::<f64>();
+                    sums.dbeta[ch] += total(s1) + t1;
+                    sums.dgamma[ch] += total(s2) + t2;
                 }
             }
-            for (d, &av) in dz.iter_mut().zip(a) {
-                *d *= act_grad(l.act, av);
-            }
-            if let (Some(s), Some(inv)) = (stats, &inv) {
-                let (mean, inv) = (s.mean[ch], inv[ch]);
-                let z = &b.z[plane..plane + hw];
-                let (mut s1, mut s2) = (0.0f64, 0.0f64);
-                for (&d, &zv) in dz.iter().zip(z) {
-                    let d = f64::from(d);
-                    s1 += d;
-                    s2 += d * (f64::from(zv) - mean) * inv;
-                }
-                sums.dbeta[ch] += s1;
-                sums.dgamma[ch] += s2;
-            }
+            sums
         }
     }
-    sums
+    with_act_grad(l.act, Run { l, b, n, stats })
 }
 
 /// The BatchNorm input gradient, in place on `d_z` (which holds `dy`):

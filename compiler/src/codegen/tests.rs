@@ -201,18 +201,19 @@ proptest! {
     }
 }
 
-/// A padded conv reads a zero-bordered stack copy of each image when it fits in 16K floats
-/// and bounds-checks every tap otherwise; both paths, with widths that leave a vector tail
-/// (recomputed by an overlapping vector) and strides.
+/// A conv with column padding reads a stack copy of each image with zero side borders when
+/// it fits in 16K floats and bounds-checks every tap otherwise; both paths, with widths that
+/// leave a vector tail (recomputed by an overlapping vector), strides, and row-only padding.
 #[test]
 fn padded_conv_copy_and_guarded_paths() {
-    // (c_in, h, w, stride, padding): the first two fit the copy, the last two do not
-    // (20 * 32 * 33 floats after padding).
+    // (c_in, h, w, stride, padding): the first two fit the copy, the next two do not
+    // (20 * 30 * 33 floats after padding), the last pads rows only.
     for (c_in, h, w, stride, padding) in [
-        (3, 12, 13, 1, 1),
-        (3, 29, 30, 2, 2),
-        (20, 30, 31, 1, 1),
-        (20, 29, 30, 2, 2),
+        (3, 12, 13, 1, [1, 1]),
+        (3, 29, 30, 2, [2, 2]),
+        (20, 30, 31, 1, [1, 1]),
+        (20, 29, 30, 2, [2, 2]),
+        (4, 9, 11, 1, [2, 0]),
     ] {
         let spec = KernelSpec::Conv2d {
             c_in,
@@ -221,7 +222,7 @@ fn padded_conv_copy_and_guarded_paths() {
             c_out: 7,
             kernel: [3, 3],
             stride: [stride; 2],
-            padding: [padding; 2],
+            padding,
             groups: 1,
             epi: Epilogue {
                 bias: true,

@@ -81,12 +81,10 @@ pub struct TrainLayer {
     pub post: Option<KernelSpec>,
     /// The weight gradient kernel.
     pub grad_w: KernelSpec,
-    /// The input gradient kernel (`None` for the first layer). For a convolution it reads
-    /// `dz` zero-padded by `grad_x_pad` on each side (the runtime pads it), so the kernel
-    /// itself runs unpadded on its fast path.
+    /// The input gradient kernel (`None` for the first layer): for a convolution, the full
+    /// correlation of `dz` with the flipped, transposed weight, padded by `kernel - 1 -
+    /// padding` (rows outside `dz` are skipped, columns read a zero-bordered copy).
     pub grad_x: Option<KernelSpec>,
-    /// The zero padding `[ph, pw]` of `dz` that the input-gradient convolution expects.
-    pub grad_x_pad: [usize; 2],
 }
 
 /// An executable training plan for a chain of layers ending in softmax cross-entropy.
@@ -239,7 +237,7 @@ fn layer(
         act: if stats { Activation::None } else { act },
         pool: None,
     };
-    let (linear, grad_w, grad_x, grad_x_pad) = match g.node(first).op() {
+    let (linear, grad_w, grad_x) = match g.node(first).op() {
         Some(Op::Conv2d(a)) => {
             let (c_in, ih, iw) = chw(x);
             if a.groups != 1 || a.stride != [1, 1] {
@@ -296,16 +294,16 @@ fn layer(
             ];
             let grad_x = KernelSpec::Conv2d {
                 c_in: channels,
-                h: h + 2 * pad[0],
-                w: w + 2 * pad[1],
+                h,
+                w,
                 c_out: c_in,
                 kernel: a.kernel,
                 stride: [1, 1],
-                padding: [0, 0],
+                padding: pad,
                 groups: 1,
                 epi: Epilogue::NONE,
             };
-            (linear, grad_w, grad_x, pad)
+            (linear, grad_w, grad_x)
         }
         _ => {
             let in_f = in_len;
@@ -336,7 +334,7 @@ fn layer(
             if pool.is_some() {
                 return Err(unsupported(g, first, "a dense output cannot be pooled"));
             }
-            (linear, grad_w, grad_x, [0, 0])
+            (linear, grad_w, grad_x)
         }
     };
     let post = match (stats, pool) {
@@ -380,7 +378,6 @@ fn layer(
             post,
             grad_w,
             grad_x: (!is_first).then_some(grad_x),
-            grad_x_pad,
         },
         last,
     ))

@@ -91,21 +91,22 @@ pub(super) fn conv2d_with(
     let og = c_out / groups;
     let bufs = EpiBufs::new(&epi);
     let mut b = KernelBuilder::new();
-    // A padded image small enough for the stack is copied into a zero-bordered local array
-    // once per image, so the taps need no bounds checks: a guarded vector load that straddles
-    // the border falls back to a per-lane gather, which made padded convs (conv1) slow.
-    let (hp, wp) = (h + 2 * padding[0], w + 2 * padding[1]);
-    let pad_copy = padding != [0, 0] && c_in * hp * wp <= PADDED_LOCAL_MAX;
-    let (x, x_image, ch, cw, cpad) = if pad_copy {
-        (b.local(c_in * hp * wp), false, hp, wp, [0, 0])
+    // An image with column padding, if small enough for the stack, is copied into a local
+    // array with zero side borders once per image, so the taps need no bounds checks: a
+    // guarded vector load that straddles the border falls back to a per-lane gather. Rows
+    // need no copy: the loop over kernel rows already skips rows outside the image.
+    let wp = w + 2 * padding[1];
+    let pad_copy = padding[1] > 0 && c_in * h * wp <= PADDED_LOCAL_MAX;
+    let (x, x_image, cw, cpad) = if pad_copy {
+        (b.local(c_in * h * wp), false, wp, [padding[0], 0])
     } else {
-        (Buf::Param(0), true, h, w, padding)
+        (Buf::Param(0), true, w, padding)
     };
     let conv = Conv {
         x,
         x_image,
         c_in,
-        h: ch,
+        h,
         w: cw,
         cg: c_in / groups,
         kernel,
@@ -174,7 +175,7 @@ pub(super) fn conv2d_with(
     let mut image = Vec::new();
     if pad_copy {
         // The border is zeroed once per call; each image overwrites only the interior.
-        body.extend(fill(&mut b, x, c_in * hp * wp));
+        body.extend(fill(&mut b, x, c_in * h * wp));
         let (c, y) = (b.var(), b.var());
         let copy = split_overlapping(&mut b, w, &[8, 4], |b, xv, step| {
             let u = b.var();
@@ -183,7 +184,7 @@ pub(super) fn conv2d_with(
                 Buf::Param(0),
                 ((v(n) * c_in + v(c)) * h + v(y)) * w + at.clone(),
             );
-            let dst = (v(c) * hp + v(y) + padding[0]) * wp + at + padding[1];
+            let dst = (v(c) * h + v(y)) * wp + at + padding[1];
             vec![for_(
                 u,
                 0usize,
