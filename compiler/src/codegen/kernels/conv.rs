@@ -23,7 +23,7 @@ const CHANNEL_BLOCK: usize = 5;
 const PADDED_LOCAL_MAX: usize = 16 * 1024;
 
 /// Zero-fills local `buf` of `len` floats.
-fn fill(b: &mut KernelBuilder, buf: Buf, len: usize) -> Vec<Stmt> {
+pub(super) fn fill(b: &mut KernelBuilder, buf: Buf, len: usize) -> Vec<Stmt> {
     split_overlapping(b, len, &[8, 4], |b, i, step| {
         let u = b.var();
         vec![for_(

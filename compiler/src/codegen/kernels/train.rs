@@ -8,7 +8,7 @@
 //! lane keeps its own partial sum in a vector register; the four lanes are then stored to a
 //! small stack array and summed in a fixed order, which keeps results deterministic.
 
-use super::conv::conv2d_with;
+use super::conv::{conv2d_with, fill};
 use super::dense::dense_with;
 use super::simple::{map, per_image};
 use super::{act, pool_plane};
@@ -277,9 +277,21 @@ fn bn_act_pool(
     b.finish(format!("k{index}_bn_act_pool"), 5, body)
 }
 
-/// The convolution weight gradient. Per image and `(co, ci, ky)`, the `kw` taps accumulate
-/// four lanes of output columns each; the lanes live in a stack array across images and are
-/// summed once at the end. Output columns past the last whole vector go through a scalar tail.
+/// Output channels per register block of the conv weight gradient: with a kernel row of five
+/// taps that is ten vector accumulators, two `dy` vectors and an input vector.
+const GRAD_W_CHANNELS: usize = 2;
+
+/// Images per tile of the conv weight gradient: every `(co, ci, ky)` block streams the tile's
+/// `dy` and input rows, so a tile (LeNet's conv2: 16 images, about 120 KiB) should stay in L2.
+const GRAD_W_TILE: usize = 16;
+
+/// The conv weight gradient as a reduction over every pixel of every image of the call, a
+/// tile of images at a time: for a block of output channels and one kernel row `(ci, ky)`,
+/// the `size x kw` accumulators (four pixels on the lanes) stay in registers over the tile's
+/// images, rows and column vectors; each loaded `dy` vector feeds `kw` FMAs and each input
+/// vector `size`. Columns past the last whole vector are summed in scalar registers. Between
+/// tiles the sums wait in stack arrays; at the end the lanes are added in a fixed order, so
+/// results are deterministic.
 fn conv_grad_w(
     index: usize,
     c_in: usize,
@@ -293,152 +305,168 @@ fn conv_grad_w(
     let (x, dy, dw) = (Buf::Param(0), Buf::Param(1), Buf::Param(2));
     let taps = c_out * c_in * kh * kw;
     let mut b = KernelBuilder::new();
-    let lanes = b.local(4 * taps);
-    let mut body = split(
+    // Per tap: four vector lanes and one scalar tail sum, carried from tile to tile.
+    let (lanes, tails) = (b.local(4 * taps), b.local(taps));
+    let mut body = fill(&mut b, lanes, 4 * taps);
+    body.extend(fill(&mut b, tails, taps));
+    let (tile, ci, ky) = (b.var(), b.var(), b.var());
+    let full = ow / 4;
+    // A short row of column vectors (LeNet's conv2 has two) is unrolled: its loop overhead
+    // would cost as much as its ten FMAs.
+    let columns = if full <= 4 {
+        LoopKind::Unroll
+    } else {
+        LoopKind::Serial
+    };
+    let per_tile = split(
         &mut b,
         0usize.into(),
-        (4 * taps).into(),
-        &[4],
-        true,
-        |_, e, _| vec![store(lanes, v(e), Val::Const(0.0))],
-    );
-    let (n, co, ci, ky, kx, j, oy, ox4, ox) = (
-        b.var(),
-        b.var(),
-        b.var(),
-        b.var(),
-        b.var(),
-        b.var(),
-        b.var(),
-        b.var(),
-        b.var(),
-    );
-    let (acc, d, t) = (b.reg(), b.reg(), b.reg());
-    // Lane slot of tap kx for the current (co, ci, ky).
-    let slot = |kx: Idx| (((v(co) * c_in + v(ci)) * kh + v(ky)) * kw + kx) * 4usize;
-    let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
-    let guards = |ix: Idx| Guard::padded(ix, pw, w);
-    // Output rows whose input row oy + ky - ph lies inside the image.
-    let oy_lo = Idx::Const(0).max(Idx::from(ph) - v(ky));
-    let oy_hi = Idx::from(oh).min(Idx::from(h + ph) - v(ky));
-    let xrow = (v(n) * c_in + v(ci)) * h + v(oy) + v(ky) - ph;
-    let dyrow = ((v(n) * c_out + v(co)) * oh + v(oy)) * ow;
-    let x_at = |col: Idx| Val::Load {
-        buf: x,
-        idx: xrow.clone() * w + col.clone(),
-        guards: guards(col),
-    };
-    let full = ow / 4;
-    let mut per_tap_row = Vec::new();
-    if full > 0 {
-        let col = v(ox4) * 4usize + v(j) + v(kx) - pw;
-        per_tap_row.push(Stmt::Loop {
-            var: j,
-            lo: 0usize.into(),
-            hi: 4usize.into(),
-            step: 4,
-            kind: LoopKind::Vector,
-            body: vec![
-                unroll(
-                    kx,
-                    kw,
-                    vec![Stmt::Set {
-                        reg: reg(acc, v(kx)),
-                        val: Val::load(lanes, slot(v(kx)) + v(j)),
-                    }],
-                ),
+        c_out.into(),
+        &[GRAD_W_CHANNELS, 1],
+        false,
+        |b, co, size| {
+            let (n, j, oy, ox4, ox, c, kx) = (
+                b.var(),
+                b.var(),
+                b.var(),
+                b.var(),
+                b.var(),
+                b.var(),
+                b.var(),
+            );
+            let (acc, d, tacc) = (b.reg(), b.reg(), b.reg());
+            let at = |c: Idx, kx: Idx| c * kw + kx;
+            let slot = (((v(co) + v(c)) * c_in + v(ci)) * kh + v(ky)) * kw + v(kx);
+            let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
+            let each = |body: Vec<Stmt>| unroll(c, size, vec![unroll(kx, kw, body)]);
+            // Output rows whose input row oy + ky - ph lies inside the image.
+            let oy_lo = Idx::Const(0).max(Idx::from(ph) - v(ky));
+            let oy_hi = Idx::from(oh).min(Idx::from(h + ph) - v(ky));
+            let xrow = ((v(n) * c_in + v(ci)) * h + v(oy) + v(ky) - ph) * w;
+            let dyrow = |c: Idx| ((v(n) * c_out + v(co) + c) * oh + v(oy)) * ow;
+            let x_at = |col: Idx| Val::Load {
+                buf: x,
+                idx: xrow.clone() + col.clone(),
+                guards: Guard::padded(col, pw, w),
+            };
+            // The images of this tile, and their rows.
+            let rows = |inner: Vec<Stmt>| {
+                let end = (v(tile) + GRAD_W_TILE).min(Idx::Var(N_END));
                 for_(
-                    oy,
-                    oy_lo.clone(),
-                    oy_hi.clone(),
+                    n,
+                    v(tile),
+                    end,
                     LoopKind::Serial,
                     vec![for_(
-                        ox4,
-                        0usize,
-                        full,
+                        oy,
+                        oy_lo.clone(),
+                        oy_hi.clone(),
                         LoopKind::Serial,
-                        vec![
-                            set(d, Val::load(dy, dyrow.clone() + v(ox4) * 4usize + v(j))),
-                            unroll(
-                                kx,
-                                kw,
-                                vec![Stmt::Set {
-                                    reg: reg(acc, v(kx)),
-                                    val: Val::fma(get(d), x_at(col), Val::Get(reg(acc, v(kx)))),
-                                }],
-                            ),
-                        ],
+                        inner,
                     )],
-                ),
-                unroll(
-                    kx,
-                    kw,
-                    vec![store(lanes, slot(v(kx)) + v(j), Val::Get(reg(acc, v(kx))))],
-                ),
-            ],
-        });
-    }
-    if full * 4 < ow {
-        // Scalar tail columns, added to lane 0.
-        let col = v(ox) + v(kx) - pw;
-        per_tap_row.push(for_(
-            oy,
-            oy_lo,
-            oy_hi,
-            LoopKind::Serial,
-            vec![for_(
-                ox,
-                full * 4,
-                ow,
-                LoopKind::Serial,
-                vec![unroll(
-                    kx,
-                    kw,
-                    vec![
-                        set(
-                            t,
-                            Val::fma(
-                                Val::load(dy, dyrow.clone() + v(ox)),
-                                x_at(col),
-                                Val::load(lanes, slot(v(kx))),
-                            ),
-                        ),
-                        store(lanes, slot(v(kx)), get(t)),
+                )
+            };
+            let mut per_row = Vec::new();
+            if full > 0 {
+                let xv = x_at(v(ox4) * 4usize + v(j) + v(kx) - pw);
+                let step = vec![
+                    unroll(
+                        c,
+                        size,
+                        vec![Stmt::Set {
+                            reg: reg(d, v(c)),
+                            val: Val::load(dy, dyrow(v(c)) + v(ox4) * 4usize + v(j)),
+                        }],
+                    ),
+                    unroll(
+                        kx,
+                        kw,
+                        vec![unroll(
+                            c,
+                            size,
+                            vec![Stmt::Set {
+                                reg: reg(acc, at(v(c), v(kx))),
+                                val: Val::fma(
+                                    xv.clone(),
+                                    Val::Get(reg(d, v(c))),
+                                    Val::Get(reg(acc, at(v(c), v(kx)))),
+                                ),
+                            }],
+                        )],
+                    ),
+                ];
+                let lane = slot.clone() * 4usize + v(j);
+                per_row.push(Stmt::Loop {
+                    var: j,
+                    lo: 0usize.into(),
+                    hi: 4usize.into(),
+                    step: 4,
+                    kind: LoopKind::Vector,
+                    body: vec![
+                        each(vec![Stmt::Set {
+                            reg: reg(acc, at(v(c), v(kx))),
+                            val: Val::load(lanes, lane.clone()),
+                        }]),
+                        rows(vec![for_(ox4, 0usize, full, columns, step)]),
+                        each(vec![store(
+                            lanes,
+                            lane,
+                            Val::Get(reg(acc, at(v(c), v(kx)))),
+                        )]),
                     ],
-                )],
-            )],
-        ));
-    }
-    body.push(for_(
-        n,
-        N_BEGIN,
-        N_END,
-        LoopKind::Serial,
-        vec![for_(
-            co,
-            0usize,
-            c_out,
-            LoopKind::Serial,
+                });
+            }
+            if full * 4 < ow {
+                per_row.push(each(vec![Stmt::Set {
+                    reg: reg(tacc, at(v(c), v(kx))),
+                    val: Val::load(tails, slot.clone()),
+                }]));
+                per_row.push(rows(vec![for_(
+                    ox,
+                    full * 4,
+                    ow,
+                    LoopKind::Serial,
+                    vec![each(vec![Stmt::Set {
+                        reg: reg(tacc, at(v(c), v(kx))),
+                        val: Val::fma(
+                            Val::load(dy, dyrow(v(c)) + v(ox)),
+                            x_at(v(ox) + v(kx) - pw),
+                            Val::Get(reg(tacc, at(v(c), v(kx)))),
+                        ),
+                    }])],
+                )]));
+                per_row.push(each(vec![store(
+                    tails,
+                    slot.clone(),
+                    Val::Get(reg(tacc, at(v(c), v(kx)))),
+                )]));
+            }
             vec![for_(
                 ci,
                 0usize,
                 c_in,
                 LoopKind::Serial,
-                vec![for_(ky, 0usize, kh, LoopKind::Serial, per_tap_row)],
-            )],
-        )],
-    ));
+                vec![for_(ky, 0usize, kh, LoopKind::Serial, per_row)],
+            )]
+        },
+    );
+    body.push(Stmt::Loop {
+        var: tile,
+        lo: Idx::Var(N_BEGIN),
+        hi: Idx::Var(N_END),
+        step: GRAD_W_TILE as i64,
+        kind: LoopKind::Serial,
+        body: per_tile,
+    });
     let e = b.var();
-    let lane_sum = (0..4)
-        .map(|l: usize| Val::load(lanes, v(e) * 4usize + l))
-        .reduce(|a, b| a + b)
-        .expect("four lanes");
+    let lane = |l: usize| Val::load(lanes, v(e) * 4usize + l);
+    let total = ((lane(0) + lane(1)) + (lane(2) + lane(3))) + Val::load(tails, v(e));
     body.push(for_(
         e,
         0usize,
         taps,
         LoopKind::Serial,
-        vec![store(dw, v(e), lane_sum)],
+        vec![store(dw, v(e), total)],
     ));
     b.finish(format!("k{index}_conv_grad_w"), 3, body)
 }
