@@ -16,8 +16,8 @@ use bnc_compiler::lower::train::TrainPlan;
 use super::{TrainConfig, TrainError, train_plan};
 
 /// The most memory a [`Trainer`](super::Trainer) may need: 16 GiB. It is a guard against
-/// shapes that are clearly wrong, not a tuned budget; LeNet-BN at batch 256 needs about
-/// 10 MiB.
+/// shapes that are clearly wrong, not a tuned budget; LeNet-BN at batch 256 on two
+/// threads needs about 29 MB.
 pub const MAX_TRAIN_BYTES: u64 = 16 << 30;
 
 /// Bytes a trainer needs, by kind.
