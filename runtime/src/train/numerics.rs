@@ -141,7 +141,7 @@ impl Trainer {
     /// Checks every buffer the last [`Trainer::step`] wrote, and the parameters and running
     /// statistics it updated, for NaN and infinity; the error names the first value in the
     /// order the step computed them and the IR node that produced it. Costs a pass over the
-    /// step's memory, about a tenth of the step.
+    /// step's memory, which is small next to the step's arithmetic.
     pub fn check_numerics(&self) -> Result<(), NonFinite> {
         let layers = &self.plan.layers;
         // Per-image buffers of every thread, in production order.
