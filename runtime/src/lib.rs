@@ -1,6 +1,7 @@
 //! bnc's runtime: weights (safetensors), datasets, the executor and the training loop.
 
 pub mod atomic;
+pub mod checkpoint;
 pub mod data;
 pub mod model;
 pub mod sgd;

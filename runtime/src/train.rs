@@ -8,6 +8,9 @@
 //! the same bits. Weight gradients are per-thread partials summed in thread order after the
 //! scope. The result depends only on the inputs, the parameters and the thread count.
 
+mod footprint;
+mod numerics;
+
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +26,9 @@ use bnc_compiler::passes::{Mode, PassError, PassManager};
 use crate::sgd::{Sgd, SgdParam};
 use crate::train_bwd::{BnSums, Stats, backward_elementwise, bn_dz, lane_sum};
 use crate::weights::{ParamStore, WeightsError};
+
+pub use footprint::{Footprint, MAX_TRAIN_BYTES, footprint};
+pub use numerics::{NonFinite, Site};
 
 /// How to train.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +87,30 @@ pub enum TrainError {
         /// Floats per image.
         per_image: usize,
     },
+    /// Training the model at the configured batch would need more memory than
+    /// [`MAX_TRAIN_BYTES`]; refused before anything is allocated.
+    #[error(
+        "training needs {} for a batch of {batch} on {threads} thread(s) ({} of parameters \
+         and optimizer state, {} of activations and gradients), more than the limit of {}: \
+         the model is too large",
+        footprint::gib(needed.total()),
+        footprint::gib(needed.params),
+        footprint::gib(needed.buffers),
+        footprint::gib(*limit)
+    )]
+    TooLarge {
+        /// What training would need.
+        needed: Footprint,
+        /// The configured batch.
+        batch: usize,
+        /// The configured threads.
+        threads: usize,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A step produced a NaN or an infinity (found by [`Trainer::check_numerics`]).
+    #[error(transparent)]
+    NonFinite(#[from] NonFinite),
     /// A label is outside `0..classes`.
     #[error("label {label} at index {index} is out of range for {classes} classes")]
     Label {
@@ -184,6 +214,8 @@ pub struct Trainer {
     cfg: TrainConfig,
     bufs: Vec<Vec<LayerBufs>>,
     capacity: usize,
+    /// The image range of each thread in the last step (what `check_numerics` inspects).
+    last_ranges: Vec<(usize, usize)>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -220,10 +252,8 @@ impl Trainer {
         params: ParamStore,
         cfg: &TrainConfig,
     ) -> Result<Trainer, TrainError> {
-        let mut g = model.clone();
-        PassManager::new(&["infer-shapes", "lower-batch-norm", "attach-loss", "dce"])?
-            .run(&mut g, Mode::Train)?;
-        let plan = plan(&g)?;
+        let plan = train_plan(model)?;
+        footprint::check(&plan, cfg)?;
         let specs = plan.specs();
         let jit = JitKernels::compile(&specs)?;
         let mut next = 0;
@@ -276,6 +306,7 @@ impl Trainer {
             cfg: cfg.clone(),
             bufs: Vec::new(),
             capacity: 0,
+            last_ranges: Vec::new(),
         };
         t.prepare_weights();
         Ok(t)
@@ -426,6 +457,7 @@ impl Trainer {
                 start,
             );
         }
+        self.last_ranges = ranges;
         Ok(StepStats {
             loss: (loss / b as f64) as f32,
             correct,
@@ -495,10 +527,48 @@ impl Trainer {
         store
     }
 
+    /// The optimizer's momentum buffers, by parameter name (zero until a step with
+    /// momentum), for checkpoints.
+    pub fn velocities(&self) -> ParamStore {
+        let mut store = ParamStore::new();
+        for p in &self.sgd.params {
+            store.insert(p.name.clone(), tensor(&p.shape, p.velocity.clone()));
+        }
+        store
+    }
+
+    /// Restores the momentum buffers saved by [`Trainer::velocities`]; every trainable
+    /// parameter must have one of its shape. Nothing changes on error.
+    pub fn set_velocities(&mut self, velocities: &ParamStore) -> Result<(), TrainError> {
+        let restored = self
+            .sgd
+            .params
+            .iter()
+            .map(|p| Ok(velocities.expect_f32(&p.name, &p.shape)?.to_vec()))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        for (p, v) in self.sgd.params.iter_mut().zip(restored) {
+            p.velocity = v;
+        }
+        Ok(())
+    }
+
+    /// The configuration the trainer was built with.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
     /// The training plan.
     pub fn plan(&self) -> &TrainPlan {
         &self.plan
     }
+}
+
+/// The training plan of `model` (as parsed): the train pipeline, then `lower::train::plan`.
+fn train_plan(model: &Graph) -> Result<TrainPlan, TrainError> {
+    let mut g = model.clone();
+    PassManager::new(&["infer-shapes", "lower-batch-norm", "attach-loss", "dce"])?
+        .run(&mut g, Mode::Train)?;
+    Ok(plan(&g)?)
 }
 
 fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {

@@ -222,6 +222,18 @@ impl ParamStore {
             path: path.to_path_buf(),
             source,
         })?;
+        ParamStore::decode(&bytes, path).map(|(store, _)| store)
+    }
+
+    /// Reads a file like [`ParamStore::load`], and also returns the header's metadata
+    /// (empty when the file has none).
+    pub fn load_with_metadata(
+        path: &Path,
+    ) -> Result<(ParamStore, BTreeMap<String, String>), WeightsError> {
+        let bytes = fs::read(path).map_err(|source| WeightsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         ParamStore::decode(&bytes, path)
     }
 
@@ -231,7 +243,17 @@ impl ParamStore {
     /// temporary file is removed and `path` is untouched. (Two threads of one process
     /// must not save to the same path at once: they would share the temporary name.)
     pub fn save(&self, path: &Path) -> Result<(), WeightsError> {
-        let bytes = self.encode(path)?;
+        self.save_with_metadata(path, &BTreeMap::new())
+    }
+
+    /// Writes the store like [`ParamStore::save`], with the `extra` entries in the header's
+    /// metadata next to `{"format": "bnc"}` (which they may not replace).
+    pub fn save_with_metadata(
+        &self,
+        path: &Path,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<(), WeightsError> {
+        let bytes = self.encode(path, extra)?;
         crate::atomic::write_atomically(path, &bytes).map_err(|source| WeightsError::Write {
             path: path.to_path_buf(),
             source,
@@ -239,13 +261,18 @@ impl ParamStore {
     }
 
     /// The safetensors bytes of the store; `path` only names the file in errors.
-    fn encode(&self, path: &Path) -> Result<Vec<u8>, WeightsError> {
+    fn encode(
+        &self,
+        path: &Path,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, WeightsError> {
         if self.contains(METADATA_KEY) {
             return Err(WeightsError::ReservedName {
                 path: path.to_path_buf(),
             });
         }
-        let metadata = HashMap::from([(FORMAT_KEY.to_string(), FORMAT_VALUE.to_string())]);
+        let mut metadata: HashMap<String, String> = extra.clone().into_iter().collect();
+        metadata.insert(FORMAT_KEY.to_string(), FORMAT_VALUE.to_string());
         let views = self
             .tensors
             .iter()
@@ -257,13 +284,23 @@ impl ParamStore {
     }
 
     /// Parses safetensors bytes; `path` only names the file in errors.
-    fn decode(bytes: &[u8], path: &Path) -> Result<ParamStore, WeightsError> {
+    fn decode(
+        bytes: &[u8],
+        path: &Path,
+    ) -> Result<(ParamStore, BTreeMap<String, String>), WeightsError> {
         let malformed = |source| WeightsError::Malformed {
             path: path.to_path_buf(),
             source,
         };
         check_offsets(bytes).map_err(malformed)?;
         let file = SafeTensors::deserialize(bytes).map_err(malformed)?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(malformed)?;
+        let metadata = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
 
         // Visit tensors in name order so that, of several bad tensors, the same one is
         // always reported.
@@ -293,7 +330,7 @@ impl ParamStore {
             let tensor = tensor.ok_or_else(|| malformed(SafeTensorError::TensorInvalidInfo))?;
             tensors.insert(name.to_string(), tensor);
         }
-        Ok(ParamStore { tensors })
+        Ok((ParamStore { tensors }, metadata))
     }
 }
 
@@ -624,7 +661,7 @@ mod tests {
         fn corrupted_files_never_panic(
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         ) {
-            let mut bytes = sample().encode(Path::new("fuzz")).expect("encode");
+            let mut bytes = sample().encode(Path::new("fuzz"), &BTreeMap::new()).expect("encode");
             for (index, x) in flips {
                 let i = index.index(bytes.len());
                 bytes[i] ^= x;

@@ -4,6 +4,7 @@ mod bench;
 mod compile;
 mod infer;
 mod plot;
+mod resume;
 mod train;
 
 use std::path::PathBuf;

@@ -2,84 +2,93 @@
 //! loss and accuracy, test accuracy in inference mode with BatchNorm folded, seconds,
 //! images/s), the learned γ and β of the first BatchNorm at the end (as the d2l lesson
 //! shows them), and optional weights, metrics and an SVG plot of the curves.
+//!
+//! Runs survive crashes: `--checkpoint` writes the whole training state atomically after
+//! every epoch (and every `--checkpoint-every` batches), and `--resume` continues from it
+//! bit for bit (see `runtime::checkpoint` and `resume.rs`). Divergence stops the run: after
+//! every step the loss, the parameters and the running statistics are checked for NaN and
+//! infinity, and with `--check-numerics` every buffer the step wrote, so that the error
+//! names the node and op that produced the first non-finite value.
 
 use std::io::IsTerminal;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use bnc::compiler::Tensor;
-use bnc::compiler::interp::init_params;
+use bnc::runtime::checkpoint::{Checkpoint, EpochMetrics, Progress, TrainState};
 use bnc::runtime::data::{DEFAULT_DIR, Dataset, Split, load};
 use bnc::runtime::model::{CompileConfig, InferenceModel};
-use bnc::runtime::train::{TrainConfig, Trainer};
-use bnc::runtime::weights::ParamStore;
+use bnc::runtime::train::Trainer;
 
-use super::infer::typed_model;
 use super::plot;
+use super::resume::{Start, start};
 
-/// Arguments of `bnc train`.
+/// The numbers of one epoch (what `--json` and `--plot` write).
+pub type Epoch = EpochMetrics;
+
+/// Arguments of `bnc train`. The recipe flags (epochs to seed) take their defaults in a
+/// new run; a run resumed from a checkpoint keeps the checkpoint's recipe, may only
+/// change `--epochs`, and refuses any other recipe flag that disagrees with it.
 #[derive(Args)]
 pub struct TrainArgs {
     /// The model file (`*.ir`).
-    file: PathBuf,
+    pub file: PathBuf,
     /// The Fashion-MNIST directory.
     #[arg(long, default_value = DEFAULT_DIR)]
-    data: PathBuf,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
-    epochs: u32,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1.0)]
-    lr: f32,
-    /// SGD momentum (PyTorch semantics).
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f32,
-    /// L2 weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
-    /// Images per batch.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
-    batch: u32,
-    /// Seed of the weight initialization and of the per-epoch shuffle.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Threads to split each batch over.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
-    threads: u32,
-    /// Start from these weights (and running statistics) instead of a fresh initialization.
-    #[arg(long, value_name = "W.safetensors")]
-    resume: Option<PathBuf>,
+    pub data: PathBuf,
+    /// Epochs in the whole run, counting those a resumed checkpoint completed [default: 10]
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Learning rate [default: 1.0]
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// SGD momentum (PyTorch semantics) [default: 0]
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// L2 weight decay [default: 0]
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Images per batch [default: 256]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
+    /// Seed of the weight initialization and of the per-epoch shuffle [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Threads to split each batch over (the result depends on it) [default: 2]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
+    /// Train on the first N training images only (quick runs and tests).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_train: Option<u64>,
+    /// Continue the run a checkpoint holds, bit for bit, with its recipe (other recipe flags
+    /// may only repeat it; --epochs may change), or start a new run from the weights of a
+    /// plain weights file.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub resume: Option<PathBuf>,
+    /// Write the whole training state here (atomically) after every epoch.
+    #[arg(long, value_name = "CKPT.safetensors")]
+    pub checkpoint: Option<PathBuf>,
+    /// Also write the checkpoint every N batches within an epoch.
+    #[arg(long, value_name = "N", requires = "checkpoint", value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: Option<u64>,
+    /// Check every buffer after every step for NaN and infinity and stop at the first,
+    /// naming the node and op that produced it.
+    #[arg(long)]
+    pub check_numerics: bool,
     /// Write the trained weights and running statistics (atomically).
     #[arg(long, value_name = "W.safetensors")]
-    save: Option<PathBuf>,
+    pub save: Option<PathBuf>,
     /// Write an SVG of loss and accuracies per epoch.
     #[arg(long, value_name = "curve.svg")]
-    plot: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
     /// Write the per-epoch numbers as JSON.
     #[arg(long, value_name = "metrics.json")]
-    json: Option<PathBuf>,
-}
-
-/// The numbers of one epoch.
-#[derive(Clone, Debug)]
-pub struct Epoch {
-    /// 1-based epoch number.
-    pub epoch: u32,
-    /// Mean training loss over the epoch's batches (weighted by batch size).
-    pub train_loss: f64,
-    /// Training accuracy over the epoch.
-    pub train_acc: f64,
-    /// Test accuracy after the epoch, in inference mode.
-    pub test_acc: f64,
-    /// Wall time of the training pass (test evaluation excluded).
-    pub seconds: f64,
-    /// Training images per second.
-    pub images_per_s: f64,
+    pub json: Option<PathBuf>,
 }
 
 fn accuracy(
@@ -111,46 +120,59 @@ fn accuracy(
 }
 
 fn write_json(path: &Path, epochs: &[Epoch]) -> anyhow::Result<()> {
-    let rows: Vec<_> = epochs
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "epoch": e.epoch, "train_loss": e.train_loss, "train_acc": e.train_acc,
-                "test_acc": e.test_acc, "seconds": e.seconds, "images_per_s": e.images_per_s,
-            })
-        })
-        .collect();
-    let text = serde_json::to_string_pretty(&serde_json::json!({ "epochs": rows }))?;
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "epochs": epochs }))?;
     bnc::write_atomically(path, text.as_bytes())
         .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+fn print_row(e: &Epoch) {
+    println!(
+        "{:>5} {:>10.4} {:>9.4} {:>9.4} {:>8.2} {:>10.0}",
+        e.epoch, e.train_loss, e.train_acc, e.test_acc, e.seconds, e.images_per_s
+    );
+}
+
+/// What to say when training produced a NaN or an infinity.
+fn diverged(lr: f64) -> String {
+    format!("training diverged (--lr {lr} may be too large)")
+}
+
+/// Writes a checkpoint of `trainer` at `state`; returns the time taken.
+fn write_checkpoint(
+    path: &Path,
+    trainer: &Trainer,
+    state: &TrainState,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    Checkpoint::of(trainer, state.clone())
+        .save(path)
+        .with_context(|| format!("cannot write the checkpoint {}", path.display()))?;
+    Ok(start.elapsed())
 }
 
 /// Runs `bnc train`.
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let file = a.file.display().to_string();
-    if a.epochs == 0 {
-        bail!("--epochs must be at least 1");
-    }
-    let typed = typed_model(&a.file)?;
-    let params: ParamStore = match &a.resume {
-        Some(p) => ParamStore::load(p)?,
-        None => init_params(&typed, a.seed).into_iter().collect(),
-    };
-    let train = load(&a.data, Split::Train)?;
+    let Start {
+        source,
+        params,
+        velocities,
+        mut state,
+        train,
+    } = start(&a)?;
     let test = load(&a.data, Split::Test)?;
-    let batch = NonZeroUsize::new(a.batch as usize).unwrap_or(NonZeroUsize::MIN);
-    let source = bnc::load_model(&a.file)?;
-    let cfg = TrainConfig {
-        lr: a.lr,
-        momentum: a.momentum,
-        weight_decay: a.weight_decay,
-        threads: a.threads as usize,
-        batch: batch.get(),
-    };
+    let recipe = state.recipe.clone();
+    let cfg = recipe.train_config();
+    let batch = NonZeroUsize::new(recipe.batch).unwrap_or(NonZeroUsize::MIN);
     let mut trainer = Trainer::new(&source, params, &cfg)
         .with_context(|| format!("{file}: cannot compile for training"))?;
+    if let Some(v) = &velocities {
+        trainer
+            .set_velocities(v)
+            .context("the checkpoint's optimizer state does not fit the model")?;
+    }
     let infer_cfg = CompileConfig {
-        threads: a.threads as usize,
+        threads: recipe.threads,
         fold: true,
     };
     let mut evaluator = InferenceModel::compile(&source, &infer_cfg)
@@ -160,10 +182,16 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         "{:>5} {:>10} {:>9} {:>9} {:>8} {:>10}",
         "epoch", "train loss", "train acc", "test acc", "seconds", "images/s"
     );
-    let mut epochs = Vec::new();
+    state.metrics.iter().for_each(print_row);
     let (mut images, mut labels) = (Vec::new(), Vec::new());
-    for epoch in 1..=a.epochs {
-        let mut batches = train.shuffled_batches(batch, a.seed, u64::from(epoch - 1));
+    let every = a.checkpoint_every.unwrap_or(u64::MAX);
+    for epoch in state.progress.epochs_done + 1..=recipe.epochs {
+        let mut batches = train.shuffled_batches(batch, recipe.seed, u64::from(epoch - 1));
+        // Resuming mid-epoch: the shuffle is a function of the seed and the epoch, so
+        // skipping the batches already trained on restores the data order.
+        for _ in 0..state.progress.step {
+            batches.next_into(&mut images, &mut labels);
+        }
         let bar = if tty {
             ProgressBar::new(batches.len() as u64)
         } else {
@@ -173,38 +201,72 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             ProgressStyle::with_template("{bar:40} {pos}/{len} batches  loss {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let start = Instant::now();
+        let mut paused = Duration::ZERO;
+        let seconds_before = state.progress.seconds;
         while let Some(b) = batches.next_into(&mut images, &mut labels) {
             let s = trainer.step(&images, &labels)?;
+            let p = &mut state.progress;
+            p.step += 1;
+            let at = || format!("epoch {epoch}, batch {}", p.step);
+            // Every step: the loss, then the parameters and running statistics (cheap); with
+            // --check-numerics every buffer, in the order the step computed them.
+            if a.check_numerics
+                && let Err(e) = trainer.check_numerics()
+            {
+                bail!("{}: {e}: {}", at(), diverged(recipe.lr));
+            }
             if !s.loss.is_finite() {
                 bail!(
-                    "epoch {epoch}: the training loss became {} (try a smaller --lr)",
-                    s.loss
+                    "{}: the training loss is {}: {}; rerun with --check-numerics to find \
+                     the op that first produced a non-finite value",
+                    at(),
+                    s.loss,
+                    diverged(recipe.lr)
                 );
             }
-            loss_sum += f64::from(s.loss) * b as f64;
-            correct += s.correct;
-            seen += b;
+            if let Err(e) = trainer.check_parameters() {
+                bail!(
+                    "{}: {e}: {}; rerun with --check-numerics to find the op that first \
+                     produced a non-finite value",
+                    at(),
+                    diverged(recipe.lr)
+                );
+            }
+            p.loss_sum += f64::from(s.loss) * b as f64;
+            p.correct += s.correct as u64;
+            p.seen += b as u64;
             bar.inc(1);
-            bar.set_message(format!("{:.4}", loss_sum / seen as f64));
+            bar.set_message(format!("{:.4}", p.loss_sum / p.seen as f64));
+            if p.step % every == 0
+                && batches.len() > 0
+                && let Some(path) = &a.checkpoint
+            {
+                state.progress.seconds = seconds_before + (start.elapsed() - paused).as_secs_f64();
+                paused += write_checkpoint(path, &trainer, &state)?;
+            }
         }
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = seconds_before + (start.elapsed() - paused).as_secs_f64();
         bar.finish_and_clear();
         evaluator.bind(&trainer.params())?;
+        let p = &state.progress;
         let e = Epoch {
             epoch,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
+            train_loss: p.loss_sum / p.seen.max(1) as f64,
+            train_acc: p.correct as f64 / p.seen.max(1) as f64,
             test_acc: accuracy(&mut evaluator, &test, batch)?,
             seconds,
-            images_per_s: seen as f64 / seconds.max(1e-9),
+            images_per_s: p.seen as f64 / seconds.max(1e-9),
         };
-        println!(
-            "{:>5} {:>10.4} {:>9.4} {:>9.4} {:>8.2} {:>10.0}",
-            e.epoch, e.train_loss, e.train_acc, e.test_acc, e.seconds, e.images_per_s
-        );
-        epochs.push(e);
+        print_row(&e);
+        state.metrics.push(e);
+        state.progress = Progress {
+            epochs_done: epoch,
+            ..Progress::default()
+        };
+        if let Some(path) = &a.checkpoint {
+            write_checkpoint(path, &trainer, &state)?;
+        }
     }
     let learned = trainer.params();
     if let (Some(g), Some(b)) = (learned.get("bn1.weight"), learned.get("bn1.bias")) {
@@ -223,10 +285,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         learned.save(path)?;
     }
     if let Some(path) = &a.json {
-        write_json(path, &epochs)?;
+        write_json(path, &state.metrics)?;
     }
     if let Some(path) = &a.plot {
-        plot::write(path, &file, &epochs)?;
+        plot::write(path, &file, &state.metrics)?;
     }
     Ok(())
 }

@@ -47,6 +47,44 @@ pub struct BnPlan {
     pub unbiased: bool,
 }
 
+/// An IR node that a layer fuses: its name and its op's text name, so that the runtime can
+/// say which node produced a buffer (`bnc train --check-numerics`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRef {
+    /// The node's name, as in the model file (`conv2`).
+    pub name: String,
+    /// The op's text name (`conv2d`).
+    pub op: &'static str,
+}
+
+impl NodeRef {
+    fn of(g: &Graph, id: NodeId) -> NodeRef {
+        NodeRef {
+            name: g.node(id).name.clone(),
+            op: g.node(id).op().map_or("parameter", Op::name),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` ({})", self.name, self.op)
+    }
+}
+
+/// The IR nodes a layer fuses, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerNodes {
+    /// The conv2d or dense node.
+    pub linear: NodeRef,
+    /// The train-mode BatchNorm, if any.
+    pub bn: Option<NodeRef>,
+    /// The activation, if any.
+    pub act: Option<NodeRef>,
+    /// The pool, if any.
+    pub pool: Option<NodeRef>,
+}
+
 /// One layer of the training plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainLayer {
@@ -85,6 +123,8 @@ pub struct TrainLayer {
     /// correlation of `dz` with the flipped, transposed weight, padded by `kernel - 1 -
     /// padding` (rows outside `dz` are skipped, columns read a zero-bordered copy).
     pub grad_x: Option<KernelSpec>,
+    /// The fused IR nodes.
+    pub nodes: LayerNodes,
 }
 
 /// An executable training plan for a chain of layers ending in softmax cross-entropy.
@@ -98,6 +138,8 @@ pub struct TrainPlan {
     pub classes: usize,
     /// The layers in order.
     pub layers: Vec<TrainLayer>,
+    /// The softmax cross-entropy node.
+    pub loss: NodeRef,
 }
 
 impl TrainPlan {
@@ -167,6 +209,7 @@ pub fn plan(g: &Graph) -> Result<TrainPlan, LowerError> {
                     input_dims,
                     classes,
                     layers,
+                    loss: NodeRef::of(g, u),
                 });
             }
             Some(Op::Conv2d(_)) | Some(Op::Dense(_)) => {
@@ -198,6 +241,12 @@ fn layer(
     let zt = ty(g, first)?;
     let (channels, h, w) = chw(zt);
     let mut names = vec![g.node(first).name.clone()];
+    let mut nodes = LayerNodes {
+        linear: NodeRef::of(g, first),
+        bn: None,
+        act: None,
+        pool: None,
+    };
     let mut last = first;
     let mut bn = None;
     let mut act = Activation::None;
@@ -207,6 +256,7 @@ fn layer(
         && let Some(Op::BatchNormTrain(a)) = g.node(u).op()
     {
         bn = Some(bn_plan(g, u, a));
+        nodes.bn = Some(NodeRef::of(g, u));
         names.push(g.node(u).name.clone());
         last = u;
     }
@@ -214,6 +264,7 @@ fn layer(
         && let Some(a) = g.node(u).op().and_then(activation)
     {
         act = a;
+        nodes.act = Some(NodeRef::of(g, u));
         names.push(g.node(u).name.clone());
         last = u;
     }
@@ -221,6 +272,7 @@ fn layer(
         && let Some(p) = g.node(u).op().and_then(pool2d)
     {
         pool = Some(p);
+        nodes.pool = Some(NodeRef::of(g, u));
         names.push(g.node(u).name.clone());
         last = u;
     }
@@ -378,6 +430,7 @@ fn layer(
             post,
             grad_w,
             grad_x: (!is_first).then_some(grad_x),
+            nodes,
         },
         last,
     ))
