@@ -20,7 +20,7 @@ use bnc::runtime::train::{TrainConfig, Trainer};
 use bnc::runtime::weights::ParamStore;
 
 use super::infer::typed_model;
-use super::plot;
+use super::{Verbosity, plot};
 
 /// Arguments of `bnc train`.
 #[derive(Args)]
@@ -126,7 +126,7 @@ fn write_json(path: &Path, epochs: &[Epoch]) -> anyhow::Result<()> {
 }
 
 /// Runs `bnc train`.
-pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
     let file = a.file.display().to_string();
     if a.epochs == 0 {
         bail!("--epochs must be at least 1");
@@ -155,7 +155,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     };
     let mut evaluator = InferenceModel::compile(&source, &infer_cfg)
         .with_context(|| format!("{file}: cannot compile"))?;
-    let tty = std::io::stdout().is_terminal();
+    if v.details() {
+        for l in &trainer.plan().layers {
+            eprintln!("layer {:<28} {:?}", l.name, l.linear);
+        }
+    }
+    // The bar draws on stderr: only when that is a terminal, and not with --quiet.
+    let tty = std::io::stderr().is_terminal() && v.notes();
     println!(
         "{:>5} {:>10} {:>9} {:>9} {:>8} {:>10}",
         "epoch", "train loss", "train acc", "test acc", "seconds", "images/s"
