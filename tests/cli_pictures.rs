@@ -325,3 +325,15 @@ fn train_plot_draws_the_curves_and_its_metrics_feed_compare() {
     let out = ok(&["compare", &json, &json, "--labels", "a,b"]);
     assert!(out.contains("1.00x the seconds per epoch"), "{out}");
 }
+
+#[test]
+fn the_readme_picture_of_lenet_bn_is_current() {
+    // docs/lenet_bn.svg is what `bnc compile models/lenet_bn.ir --emit svg` prints; after a
+    // change to the layout or the drawing, regenerate it with that command.
+    let svg = ok(&["compile", "models/lenet_bn.ir", "--emit", "svg"]);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/lenet_bn.svg");
+    assert!(
+        std::fs::read_to_string(path).unwrap() == svg,
+        "docs/lenet_bn.svg is stale: bnc compile models/lenet_bn.ir --emit svg > docs/lenet_bn.svg"
+    );
+}

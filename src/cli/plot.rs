@@ -52,6 +52,7 @@ fn chart(
         .iter()
         .flat_map(|c| c.points.iter().map(|p| p.0))
         .fold(1.0, f64::max);
+    let y_span = (y_range.start, y_range.end);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(12)
@@ -90,13 +91,73 @@ fn chart(
                 .map(|&p| Circle::new(p, 3, c.color.filled())),
         )?;
     }
+    let (w, h) = area.dim_in_pixel();
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::MiddleRight)
+        .position(legend_position(curves, last.max(2.0), y_span, (w, h)))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .draw()?;
     Ok(())
+}
+
+/// Where the legend covers the fewest curve points, as matplotlib's `loc="best"`: each
+/// candidate box (corners and edge middles, sized for the labels) is scored by the points
+/// sampled along every curve that fall inside it.
+fn legend_position(
+    curves: &[Curve],
+    last_epoch: f64,
+    (y0, y1): (f64, f64),
+    (w, h): (u32, u32),
+) -> SeriesLabelPosition {
+    use SeriesLabelPosition::*;
+    let chars = curves.iter().map(|c| c.label.len()).max().unwrap_or(0) as f64;
+    // Fractions of the plotting area (about the drawing area less axes and caption).
+    let fw = ((40.0 + 6.5 * chars) / (f64::from(w) - 70.0).max(1.0)).min(1.0);
+    let fh = ((20.0 * curves.len() as f64 + 12.0) / (f64::from(h) - 90.0).max(1.0)).min(1.0);
+    let mut samples = Vec::new();
+    for c in curves {
+        for seg in c.points.windows(2) {
+            for k in 0..=16 {
+                let t = f64::from(k) / 16.0;
+                samples.push((
+                    seg[0].0 + t * (seg[1].0 - seg[0].0),
+                    seg[0].1 + t * (seg[1].1 - seg[0].1),
+                ));
+            }
+        }
+        samples.extend(c.points.iter().copied());
+    }
+    let frac = |(x, y): (f64, f64)| {
+        (
+            (x - 1.0) / (last_epoch - 1.0).max(1e-9),
+            (y - y0) / (y1 - y0).max(1e-9),
+        )
+    };
+    let span = |at: f64, size: f64| {
+        (at - size / 2.0).clamp(0.0, 1.0 - size)..(at + size / 2.0).clamp(size, 1.0)
+    };
+    let candidates = [
+        (UpperRight, 1.0, 1.0),
+        (MiddleRight, 1.0, 0.5),
+        (LowerRight, 1.0, 0.0),
+        (UpperLeft, 0.0, 1.0),
+        (MiddleLeft, 0.0, 0.5),
+        (LowerLeft, 0.0, 0.0),
+        (UpperMiddle, 0.5, 1.0),
+        (LowerMiddle, 0.5, 0.0),
+    ];
+    candidates
+        .into_iter()
+        .min_by_key(|&(_, cx, cy)| {
+            let (xs, ys) = (span(cx, fw), span(cy, fh));
+            samples
+                .iter()
+                .map(|&p| frac(p))
+                .filter(|(x, y)| xs.contains(x) && ys.contains(y))
+                .count()
+        })
+        .map_or(UpperRight, |c| c.0)
 }
 
 /// Renders an SVG of `size` with `draw` and writes it to `path` atomically.
