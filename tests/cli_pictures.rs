@@ -337,3 +337,54 @@ fn the_readme_picture_of_lenet_bn_is_current() {
         "docs/lenet_bn.svg is stale: bnc compile models/lenet_bn.ir --emit svg > docs/lenet_bn.svg"
     );
 }
+
+#[test]
+fn compare_train_trains_both_models_then_compares() {
+    let dir = TempDir::new("compare-train");
+    tiny_dataset(dir.path(), 128, 32);
+    let svg = dir.file("both.svg");
+    let o = bnc(&[
+        "compare",
+        "models/lenet.ir",
+        "models/lenet_bn.ir",
+        "--train",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.9,1.0",
+        "--batch",
+        "64",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "-o",
+        &svg,
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = common::stdout(&o);
+    // Both training tables, then the comparison of two one-epoch runs.
+    assert_eq!(out.matches("epoch train loss").count(), 2, "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("lenet ") || l.starts_with("lenet_bn  "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows.iter()
+            .all(|r| r.split_whitespace().nth(1) == Some("1")),
+        "{out}"
+    );
+    roxmltree::Document::parse(&std::fs::read_to_string(&svg).unwrap()).expect("well-formed");
+    // The training flags belong to --train.
+    let o = bnc(&["compare", "a.json", "b.json", "--epochs", "3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = fails(&[
+        "compare",
+        "models/lenet.ir",
+        "models/lenet_bn.ir",
+        "--train",
+        "--lr",
+        "1,2,3",
+    ]);
+    assert!(e.contains("--lr takes one rate or two"), "{e}");
+}

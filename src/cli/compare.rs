@@ -1,7 +1,8 @@
 //! `bnc compare`: two training runs side by side, as the d2l lesson compares LeNet with
-//! LeNet-BN. Reads the metrics that `bnc train --json` writes, prints a table (final and
-//! best test accuracy, mean seconds per epoch, and the ratios of the second run to the
-//! first) and draws both runs on one SVG figure.
+//! LeNet-BN. Reads the metrics that `bnc train --json` writes (or, with `--train`, trains
+//! both models first), prints a table (final and best test accuracy, mean seconds per
+//! epoch, and the differences and time ratio of the second run to the first) and draws
+//! both runs on one SVG figure.
 
 use std::path::{Path, PathBuf};
 
@@ -16,10 +17,31 @@ use super::train::Epoch;
 /// Arguments of `bnc compare`.
 #[derive(Args)]
 pub struct CompareArgs {
-    /// The first run's metrics (`bnc train --json A.json`).
+    /// The first run's metrics (`bnc train --json A.json`), or with --train its model.
     a: PathBuf,
-    /// The second run's metrics.
+    /// The second run's metrics, or with --train its model.
     b: PathBuf,
+    /// Train both models first (A and B are `*.ir` files), then compare the runs.
+    #[arg(long)]
+    train: bool,
+    /// With --train: passes over the training set.
+    #[arg(long, requires = "train", default_value_t = 10)]
+    epochs: u32,
+    /// With --train: the learning rate, or one per model (`0.9,1.0`, the lesson's).
+    #[arg(long, requires = "train", value_delimiter = ',', default_value = "1.0")]
+    lr: Vec<f32>,
+    /// With --train: images per batch.
+    #[arg(long, requires = "train", default_value_t = 256)]
+    batch: u32,
+    /// With --train: seed of the initialization and the shuffle.
+    #[arg(long, requires = "train", default_value_t = 0)]
+    seed: u64,
+    /// With --train: threads to split each batch over.
+    #[arg(long, requires = "train", default_value_t = 2)]
+    threads: u32,
+    /// With --train: the Fashion-MNIST directory.
+    #[arg(long, requires = "train", default_value = bnc::runtime::data::DEFAULT_DIR)]
+    data: PathBuf,
     /// Names of the two runs in the table and legend (default: the file stems).
     #[arg(long, value_delimiter = ',', num_args = 1, value_name = "A,B")]
     labels: Option<Vec<String>>,
@@ -77,6 +99,53 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<Vec<Epoch>> {
         .collect()
 }
 
+/// Trains both models with `bnc train` (in this process, with the same flags a user
+/// would give it) and reads back their metrics.
+fn train_both(a: &CompareArgs, v: Verbosity) -> anyhow::Result<[Vec<Epoch>; 2]> {
+    let lrs = match a.lr[..] {
+        [lr] => [lr, lr],
+        [la, lb] => [la, lb],
+        _ => bail!(
+            "--lr takes one rate or two separated by a comma, got {}",
+            a.lr.len()
+        ),
+    };
+    let dir = std::env::temp_dir();
+    let mut runs = Vec::new();
+    for (i, (model, lr)) in [&a.a, &a.b].into_iter().zip(lrs).enumerate() {
+        let json = dir.join(format!("bnc-compare-{}-{i}.json", std::process::id()));
+        let mut argv: Vec<String> = ["bnc", "train"].map(String::from).to_vec();
+        argv.push(model.display().to_string());
+        for (flag, value) in [
+            ("--epochs", a.epochs.to_string()),
+            ("--lr", lr.to_string()),
+            ("--batch", a.batch.to_string()),
+            ("--seed", a.seed.to_string()),
+            ("--threads", a.threads.to_string()),
+            ("--data", a.data.display().to_string()),
+            ("--json", json.display().to_string()),
+        ] {
+            argv.extend([flag.to_string(), value]);
+        }
+        match v {
+            Verbosity::Quiet => argv.push("--quiet".into()),
+            Verbosity::Verbose => argv.push("--verbose".into()),
+            Verbosity::Normal => {}
+        }
+        if v.notes() {
+            eprintln!("training {} (lr {lr})", model.display());
+        }
+        let cli = <super::Cli as clap::Parser>::try_parse_from(&argv)?;
+        let trained = super::run(cli).and_then(|()| read_metrics(&json));
+        let _ = std::fs::remove_file(&json);
+        runs.push(trained?);
+    }
+    let [ra, rb]: [Vec<Epoch>; 2] = runs
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two runs expected"))?;
+    Ok([ra, rb])
+}
+
 /// The summary of one run.
 struct Summary {
     final_acc: f64,
@@ -114,7 +183,11 @@ pub fn run(a: CompareArgs, v: Verbosity) -> anyhow::Result<()> {
         ),
         None => vec![stem(&a.a), stem(&a.b)],
     };
-    let runs = [read_metrics(&a.a)?, read_metrics(&a.b)?];
+    let runs = if a.train {
+        train_both(&a, v)?
+    } else {
+        [read_metrics(&a.a)?, read_metrics(&a.b)?]
+    };
     let [sa, sb] = [summary(&runs[0]), summary(&runs[1])];
     let time_ratio = sb.mean_seconds / sa.mean_seconds;
     if a.json {
