@@ -146,7 +146,23 @@ pub struct CompileOptions {
     pub print_after: PrintAfter,
 }
 
-/// Runs the pass pipeline over a parsed graph; returns the final graph and each step.
+/// Runs the pass pipeline over a parsed graph; returns the final graph and each step
+/// (its pass, whether it changed the graph, its time, an optional IR dump, and the
+/// remarks that explain its decisions).
+///
+/// ```
+/// let src = b"input x: f32[N,3,8,8]\nc = conv2d(x, channels=4, kernel=3)\nbn = batch_norm(c)\noutput bn\n";
+/// let g = bnc::parse_model("m.ir", src)?;
+/// let (g, steps) = bnc::compile(g, bnc::Mode::Infer, &bnc::CompileOptions::default())?;
+/// // fold-bn folded the BatchNorm into the convolution and says so.
+/// let remarks: Vec<String> = steps
+///     .iter()
+///     .flat_map(|s| s.remarks.iter().map(move |r| format!("{}: {}: {}", s.pass, r.node, r.message)))
+///     .collect();
+/// assert_eq!(remarks, ["fold-bn: bn: folded into `c`"]);
+/// assert_eq!(g.node(g.outputs()[0]).name, "c");
+/// # Ok::<(), bnc::Error>(())
+/// ```
 pub fn compile(
     mut g: Graph,
     mode: Mode,

@@ -97,7 +97,7 @@ fn emit_clif_and_asm_print_every_kernel() {
 fn init_then_run_evaluates_the_test_set_and_saves_the_logits() {
     let w = temp("w.safetensors");
     let logits = temp("logits.safetensors");
-    let out = ok(&[
+    let o = bnc(&[
         "init",
         "models/lenet_bn.ir",
         "--seed",
@@ -105,7 +105,10 @@ fn init_then_run_evaluates_the_test_set_and_saves_the_logits() {
         "-o",
         w.to_str().unwrap(),
     ]);
-    assert!(out.starts_with("wrote 26 tensors"), "{out}");
+    // The note goes to stderr; stdout stays for results.
+    let note = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && o.stdout.is_empty(), "{note}");
+    assert!(note.starts_with("wrote 26 tensors"), "{note}");
     let json = ok(&[
         "run",
         "models/lenet_bn.ir",

@@ -205,6 +205,32 @@ impl Exchange {
 }
 
 /// A model compiled for training, with its parameters and optimizer state.
+///
+/// ```
+/// use bnc_compiler::{interp::init_params, passes::{Mode, PassManager}, text::parse};
+/// use bnc_runtime::train::{TrainConfig, Trainer};
+/// use bnc_runtime::weights::ParamStore;
+///
+/// let src = "input x: f32[N,1,4,4]\nf = flatten(x)\nfc = dense(f, units=8)\n\
+///            bn = batch_norm(fc)\ny = relu(bn)\nout = dense(y, units=3)\noutput out\n";
+/// let model = parse(src).unwrap();
+/// // Fresh weights need the parameter shapes, which shape inference gives.
+/// let mut typed = model.clone();
+/// PassManager::new(&["infer-shapes"])?.run(&mut typed, Mode::Train)?;
+/// let params: ParamStore = init_params(&typed, 0).into_iter().collect();
+/// let cfg = TrainConfig { lr: 0.5, momentum: 0.0, weight_decay: 0.0, threads: 2, batch: 6 };
+/// let mut trainer = Trainer::new(&model, params, &cfg)?;
+/// let images: Vec<f32> = (0..6 * 16).map(|i| (i % 7) as f32 / 7.0).collect();
+/// let labels = [0, 1, 2, 0, 1, 2];
+/// let first = trainer.step(&images, &labels)?.loss;
+/// for _ in 0..20 {
+///     trainer.step(&images, &labels)?;
+/// }
+/// assert!(trainer.step(&images, &labels)?.loss < first);
+/// // The learned weights and running statistics, with PyTorch's names and layouts.
+/// assert_eq!(trainer.params().get("bn.running_var").unwrap().shape(), &[8]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Trainer {
     plan: TrainPlan,
     jit: JitKernels,

@@ -134,6 +134,22 @@ impl fmt::Display for ShapeDisplay<'_> {
 }
 
 /// Named tensors in name order, loaded from and saved to safetensors files.
+///
+/// ```
+/// use bnc_compiler::Tensor;
+/// use bnc_runtime::weights::ParamStore;
+///
+/// let mut store = ParamStore::new();
+/// store.insert("bn1.weight", Tensor::new(vec![3], vec![1.0, 2.0, 3.0]).unwrap());
+/// let path = std::env::temp_dir().join(format!("bnc-doc-{}.safetensors", std::process::id()));
+/// store.save(&path)?; // atomically: a temporary file, then a rename
+/// let back = ParamStore::load(&path)?;
+/// assert_eq!(back, store);
+/// // A missing or mis-shaped tensor is a typed error naming it.
+/// assert!(back.expect("bn1.weight", &[4]).is_err());
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), bnc_runtime::weights::WeightsError>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ParamStore {
     tensors: BTreeMap<String, Tensor>,

@@ -1,5 +1,5 @@
 //! `bnc bench`: images/s (median of repeated runs after warm-up), the time from text to
-//! native code, and per-kernel times, on random weights and inputs.
+//! native code, and per-kernel times, on random inputs and random (or given) weights.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use bnc::runtime::train::{TrainConfig, Trainer};
 use bnc::runtime::weights::ParamStore;
 
 use super::infer::typed_model;
-use super::{ExecArgs, ModeArg};
+use super::{ExecArgs, ModeArg, Verbosity};
 
 /// Arguments of `bnc bench`.
 #[derive(Args)]
@@ -29,9 +29,25 @@ pub struct BenchArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     reps: u32,
-    /// Print one JSON object instead of text.
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use these weights instead of random ones (safetensors, PyTorch names and layouts).
+    #[arg(long, value_name = "W.safetensors")]
+    weights: Option<PathBuf>,
+    /// Print one JSON object to stdout instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// The weights to measure with: the given file, or a random initialization from the seed.
+fn weights(a: &BenchArgs) -> anyhow::Result<ParamStore> {
+    Ok(match &a.weights {
+        Some(path) => ParamStore::load(path)?,
+        None => init_params(&typed_model(&a.file)?, a.seed)
+            .into_iter()
+            .collect(),
+    })
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -40,9 +56,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Runs `bnc bench`.
-pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub fn run(a: BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     if let ModeArg::Train = a.mode {
-        return train(&a);
+        return train(&a, v);
     }
     let file = a.file.display().to_string();
     let (batch, threads) = (a.exec.batch as usize, a.exec.threads as usize);
@@ -56,10 +72,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut model =
         InferenceModel::compile(&g, &cfg).with_context(|| format!("{file}: cannot compile"))?;
     let compile = start.elapsed();
-    let params: ParamStore = init_params(&typed_model(&a.file)?, 0).into_iter().collect();
-    model.bind(&params)?;
+    model.bind(&weights(&a)?)?;
+    if v.details() {
+        for k in &model.plan().kernels {
+            eprintln!("kernel {:<28} {:?}", k.name, k.spec);
+        }
+    }
     let dims = model.plan().input_dims.clone();
-    let mut rng = SplitMix64::new(1);
+    let mut rng = SplitMix64::new(a.seed.wrapping_add(1));
     let n = batch * dims.iter().product::<usize>();
     let mut shape = vec![batch];
     shape.extend(&dims);
@@ -121,12 +141,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
 /// `bnc bench --mode train`: images/s of a full training step (forward, backward, SGD
 /// update) on random images and labels, median of the repetitions after warm-up.
-fn train(a: &BenchArgs) -> anyhow::Result<()> {
+fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     let file = a.file.display().to_string();
     let (batch, threads) = (a.exec.batch as usize, a.exec.threads as usize);
     let start = Instant::now();
     let g = bnc::load_model(&a.file)?;
-    let params: ParamStore = init_params(&typed_model(&a.file)?, 0).into_iter().collect();
+    let params = weights(a)?;
     let cfg = TrainConfig {
         lr: 0.1,
         momentum: 0.0,
@@ -137,7 +157,12 @@ fn train(a: &BenchArgs) -> anyhow::Result<()> {
     let mut trainer = Trainer::new(&g, params, &cfg)
         .with_context(|| format!("{file}: cannot compile for training"))?;
     let compile = start.elapsed();
-    let mut rng = SplitMix64::new(1);
+    if v.details() {
+        for l in &trainer.plan().layers {
+            eprintln!("layer {:<28} {:?}", l.name, l.linear);
+        }
+    }
+    let mut rng = SplitMix64::new(a.seed.wrapping_add(1));
     let images: Vec<f32> = (0..batch * 784).map(|_| rng.next_f32()).collect();
     let labels: Vec<i32> = (0..batch).map(|_| rng.below(10) as i32).collect();
     for _ in 0..3 {

@@ -1,25 +1,29 @@
 //! `bnc compile`: the pass pipeline with its dumps, remarks and timings, then the IR,
-//! a DOT graph, kernel statistics, or the generated code.
+//! a picture of the graph (DOT or SVG, with fused kernels and folded BatchNorms), kernel
+//! statistics, or the generated code.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-use bnc::compiler::passes::{Mode, inference_pipeline, lookup};
-use bnc::compiler::text::{print, to_dot};
+use bnc::compiler::lower::{lower, train::plan};
+use bnc::compiler::passes::{Mode, PassManager, folded_into, inference_pipeline, lookup};
+use bnc::compiler::text::{Annotations, Cluster, print, to_dot_annotated, to_svg};
 use bnc::runtime::model::{CompileConfig, InferenceModel};
 use bnc::{CompileOptions, PrintAfter};
 
-use super::ModeArg;
+use super::{ModeArg, Verbosity};
 
 /// What `bnc compile` prints at the end.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Emit {
     /// The canonical text IR.
     Ir,
-    /// A Graphviz DOT graph (render with `dot -Tsvg`).
+    /// A Graphviz DOT graph with fused kernels as clusters (render with `dot -Tsvg`).
     Dot,
+    /// An SVG picture of the graph, laid out by bnc itself (no Graphviz needed).
+    Svg,
     /// The kernel list with FLOPs, bytes and activation memory (inference).
     Stats,
     /// The Cranelift IR of every kernel (inference).
@@ -67,7 +71,7 @@ pub struct CompileArgs {
 }
 
 /// Runs `bnc compile`.
-pub fn run(a: CompileArgs) -> anyhow::Result<()> {
+pub fn run(a: CompileArgs, v: Verbosity) -> anyhow::Result<()> {
     let mode = a.mode.mode();
     for name in &a.print_after {
         lookup(name)?;
@@ -111,7 +115,7 @@ pub fn run(a: CompileArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if a.time_passes {
+    if a.time_passes || v == Verbosity::Verbose {
         eprintln!("{:<18} {:>10}  changed", "pass", "time");
         for s in &steps {
             eprintln!(
@@ -124,7 +128,11 @@ pub fn run(a: CompileArgs) -> anyhow::Result<()> {
     }
     match a.emit {
         Emit::Ir => out.push_str(&print(&g)),
-        Emit::Dot => out.push_str(&to_dot(&g)),
+        Emit::Dot => out.push_str(&to_dot_annotated(
+            &g,
+            &annotations(&g, &source, &steps, mode),
+        )),
+        Emit::Svg => out.push_str(&to_svg(&g, &annotations(&g, &source, &steps, mode))),
         Emit::Stats | Emit::Clif | Emit::Asm => {
             if mode != Mode::Infer || a.passes.is_some() {
                 bail!(
@@ -145,6 +153,60 @@ pub fn run(a: CompileArgs) -> anyhow::Result<()> {
     }
     print!("{out}");
     Ok(())
+}
+
+/// What the pictures add to the compiled graph `g`: the kernels its ops run in (from the
+/// inference lowering, or the forward layers of the training plan) and, on each conv2d or
+/// dense, the BatchNorm that `fold-bn` folded into it. A graph that the backends cannot
+/// lower is drawn without kernels.
+fn annotations(
+    g: &bnc::Graph,
+    source: &bnc::Graph,
+    steps: &[bnc::Step],
+    mode: Mode,
+) -> Annotations {
+    let mut ann = Annotations::default();
+    for step in steps.iter().filter(|s| s.pass == "fold-bn") {
+        for r in &step.remarks {
+            if let Some(id) = folded_into(r).and_then(|p| g.lookup(p)) {
+                ann.notes.insert(id, format!("+{} folded", r.node));
+            }
+        }
+    }
+    match mode {
+        Mode::Infer => {
+            if let Ok(p) = lower(g) {
+                ann.clusters = p
+                    .kernels
+                    .into_iter()
+                    .map(|k| Cluster {
+                        name: k.name,
+                        nodes: k.nodes,
+                    })
+                    .collect();
+            }
+        }
+        Mode::Train => {
+            // The training plan is built before autodiff (as the Trainer does); its forward
+            // layers are found in the compiled graph by name.
+            let mut fwd = source.clone();
+            let planned =
+                PassManager::new(&["infer-shapes", "lower-batch-norm", "attach-loss", "dce"])
+                    .and_then(|mut pm| pm.run(&mut fwd, Mode::Train))
+                    .ok()
+                    .and_then(|_| plan(&fwd).ok());
+            for layer in planned.map(|p| p.layers).unwrap_or_default() {
+                let nodes: Option<Vec<_>> = layer.name.split('+').map(|n| g.lookup(n)).collect();
+                if let Some(nodes) = nodes {
+                    ann.clusters.push(Cluster {
+                        name: layer.name,
+                        nodes,
+                    });
+                }
+            }
+        }
+    }
+    ann
 }
 
 fn stats(m: &InferenceModel, batches: &[usize]) -> String {

@@ -14,7 +14,7 @@ use bnc::runtime::data::{DEFAULT_DIR, Split, load};
 use bnc::runtime::model::{CompileConfig, InferenceModel};
 use bnc::runtime::weights::ParamStore;
 
-use super::ExecArgs;
+use super::{ExecArgs, Verbosity};
 
 /// Parses a model and infers its shapes (what `init` needs to size parameters).
 pub fn typed_model(file: &Path) -> anyhow::Result<bnc::Graph> {
@@ -27,11 +27,18 @@ pub fn typed_model(file: &Path) -> anyhow::Result<bnc::Graph> {
 }
 
 /// Runs `bnc init`.
-pub fn init(file: &Path, seed: u64, output: &Path) -> anyhow::Result<()> {
+pub fn init(file: &Path, seed: u64, output: &Path, v: Verbosity) -> anyhow::Result<()> {
     let g = typed_model(file)?;
     let store: ParamStore = init_params(&g, seed).into_iter().collect();
     store.save(output)?;
-    println!("wrote {} tensors to {}", store.len(), output.display());
+    if v.details() {
+        for (name, t) in store.iter() {
+            eprintln!("{name:<24} {:?}", t.shape());
+        }
+    }
+    if v.notes() {
+        eprintln!("wrote {} tensors to {}", store.len(), output.display());
+    }
     Ok(())
 }
 
@@ -41,7 +48,7 @@ pub struct RunArgs {
     /// The model file (`*.ir`).
     file: PathBuf,
     /// The weights (safetensors, PyTorch names and layouts).
-    #[arg(long)]
+    #[arg(long, value_name = "W.safetensors")]
     weights: PathBuf,
     /// The Fashion-MNIST directory.
     #[arg(long, default_value = DEFAULT_DIR)]
@@ -49,15 +56,15 @@ pub struct RunArgs {
     #[command(flatten)]
     exec: ExecArgs,
     /// Write the logits as tensor `logits` f32[10000,10] in test-set order.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "logits.safetensors")]
     save_outputs: Option<PathBuf>,
-    /// Print one JSON object {"test_accuracy", "images_per_s"} instead of text.
+    /// Print one JSON object {"test_accuracy", "images_per_s"} to stdout instead of text.
     #[arg(long)]
     json: bool,
 }
 
 /// Runs `bnc run`.
-pub fn run(a: RunArgs) -> anyhow::Result<()> {
+pub fn run(a: RunArgs, v: Verbosity) -> anyhow::Result<()> {
     let file = a.file.display().to_string();
     let g = bnc::load_model(&a.file)?;
     let cfg = CompileConfig {
@@ -67,9 +74,20 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut model =
         InferenceModel::compile(&g, &cfg).with_context(|| format!("{file}: cannot compile"))?;
     let weights = ParamStore::load(&a.weights)?;
+    let bind = Instant::now();
     model
         .bind(&weights)
         .with_context(|| format!("{}: cannot bind the weights", a.weights.display()))?;
+    if v.details() {
+        eprintln!(
+            "parse to native code: {:.2} ms; bind (fold in f64, pack): {:.2} ms",
+            model.compile_time().as_secs_f64() * 1e3,
+            bind.elapsed().as_secs_f64() * 1e3
+        );
+        for k in &model.plan().kernels {
+            eprintln!("kernel {:<28} {:?}", k.name, k.spec);
+        }
+    }
     let test = load(&a.data, Split::Test)?;
     let batch = NonZeroUsize::new(a.exec.batch as usize).unwrap_or(NonZeroUsize::MIN);
     let mut logits = Vec::with_capacity(test.len() * 10);

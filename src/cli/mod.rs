@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch; one module per subcommand.
 
 mod bench;
+mod compare;
 mod compile;
 mod infer;
 mod plot;
@@ -9,16 +10,53 @@ mod train;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use bnc::Mode;
 
+/// The exit statuses, as `bnc --help` and the README list them.
+pub const EXIT_STATUS: &str = "\
+Exit status:
+  0  success
+  1  error: a model, weights, data or metrics file that cannot be read, parsed, compiled
+     or written, or training that diverged; one `error: ...` line on stderr
+  2  usage error: an unknown subcommand or flag, or a bad flag value";
+
 /// bnc: a batch-norm-aware graph compiler and JIT runtime for convolutional networks.
 #[derive(Parser)]
-#[command(name = "bnc", version, about, long_about = None)]
+#[command(name = "bnc", version, about, long_about = None, after_help = EXIT_STATUS)]
 pub struct Cli {
+    /// Print only results and errors: no progress bars, no notes.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print what happens inside, to stderr: pass timings, kernels, compile times.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How much a command prints besides its results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verbosity {
+    /// Results and errors only (`--quiet`).
+    Quiet,
+    /// Results, progress bars on a terminal, and short notes.
+    Normal,
+    /// Also pass timings, kernels and compile times on stderr (`--verbose`).
+    Verbose,
+}
+
+impl Verbosity {
+    /// Whether notes and progress bars are shown.
+    pub fn notes(self) -> bool {
+        self != Verbosity::Quiet
+    }
+
+    /// Whether details are shown.
+    pub fn details(self) -> bool {
+        self == Verbosity::Verbose
+    }
 }
 
 /// What the graph is compiled for.
@@ -39,7 +77,8 @@ impl ModeArg {
     }
 }
 
-/// Options shared by the commands that execute a model.
+/// Options shared by the commands that execute a model (`run`, `bench`; `train` has the
+/// same `--batch` and `--threads`).
 #[derive(Args, Clone)]
 pub struct ExecArgs {
     /// Images per batch.
@@ -63,11 +102,11 @@ enum Command {
     Init {
         /// The model file (`*.ir`).
         file: PathBuf,
-        /// Random seed.
+        /// Seed of the random initialization.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Where to write the safetensors file.
-        #[arg(short, long)]
+        #[arg(short, long, value_name = "W.safetensors")]
         output: PathBuf,
     },
     /// Evaluate a model on the Fashion-MNIST test set: accuracy and images/s.
@@ -77,21 +116,40 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a model on Fashion-MNIST with SGD: a row per epoch, then the learned bn1 γ and β.
     Train(train::TrainArgs),
+    /// Compare two training runs (`bnc train --json` files): a table and one SVG figure.
+    Compare(compare::CompareArgs),
+    /// Print a shell completion script (e.g. `bnc completions bash > /etc/bash_completion.d/bnc`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let v = match (cli.quiet, cli.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    };
     match cli.command {
-        Command::Compile(args) => compile::run(args),
+        Command::Compile(args) => compile::run(args, v),
         Command::Passes => {
             for p in bnc::compiler::passes::REGISTRY {
                 println!("{:<18} {}", p.name, p.summary);
             }
             Ok(())
         }
-        Command::Init { file, seed, output } => infer::init(&file, seed, &output),
-        Command::Run(args) => infer::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Init { file, seed, output } => infer::init(&file, seed, &output, v),
+        Command::Run(args) => infer::run(args, v),
+        Command::Bench(args) => bench::run(args, v),
+        Command::Train(args) => train::run(args, v),
+        Command::Compare(args) => compare::run(args, v),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "bnc", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

@@ -25,8 +25,8 @@ use bnc::runtime::data::{DEFAULT_DIR, Dataset, Split, load};
 use bnc::runtime::model::{CompileConfig, InferenceModel};
 use bnc::runtime::train::Trainer;
 
-use super::plot;
 use super::resume::{Start, start};
+use super::{Verbosity, plot};
 
 /// The numbers of one epoch (what `--json` and `--plot` write).
 pub type Epoch = EpochMetrics;
@@ -151,7 +151,7 @@ fn write_checkpoint(
 }
 
 /// Runs `bnc train`.
-pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
     let file = a.file.display().to_string();
     let Start {
         source,
@@ -177,7 +177,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     };
     let mut evaluator = InferenceModel::compile(&source, &infer_cfg)
         .with_context(|| format!("{file}: cannot compile"))?;
-    let tty = std::io::stdout().is_terminal();
+    if v.details() {
+        for l in &trainer.plan().layers {
+            eprintln!("layer {:<28} {:?}", l.name, l.linear);
+        }
+    }
+    // The bar draws on stderr: only when that is a terminal, and not with --quiet.
+    let tty = std::io::stderr().is_terminal() && v.notes();
     println!(
         "{:>5} {:>10} {:>9} {:>9} {:>8} {:>10}",
         "epoch", "train loss", "train acc", "test acc", "seconds", "images/s"

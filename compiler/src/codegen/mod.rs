@@ -2,8 +2,8 @@
 //! fused kernel with compile-time shapes; `kernels/` lowers each spec to the small loop-nest IR
 //! of [`loop_ir`], and the single emitter in `emit.rs` turns that IR into Cranelift IR, so a new
 //! kernel kind is a few dozen lines of loop IR rather than a new emitter. [`JitKernels`] compiles
-//! a list of specs into one JIT module and owns the machine code; [`reference`] is the slow,
-//! plain-Rust truth every kernel is tested against.
+//! a list of specs into one JIT module and owns the machine code; the private `reference`
+//! module is the slow, plain-Rust truth every kernel is tested against.
 //!
 //! # Calling convention
 //!

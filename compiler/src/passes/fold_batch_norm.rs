@@ -28,6 +28,15 @@
 use super::{Mode, Pass, PassContext, PassError, Remark, infer_shapes};
 use crate::ir::{Graph, NodeId, NodeKind, Op, Span};
 
+/// The start of the remark that says a BatchNorm was folded (`folded into `conv1``).
+const FOLDED_INTO: &str = "folded into `";
+
+/// The producer that a `fold-bn` remark says its BatchNorm was folded into, if it says
+/// so (pictures annotate that producer: `conv1 (+bn1 folded)`).
+pub fn folded_into(r: &Remark) -> Option<&str> {
+    r.message.strip_prefix(FOLDED_INTO)?.strip_suffix('`')
+}
+
 /// The `fold-bn` pass (and, with `fold: false`, `bn-scale-shift`).
 pub struct FoldBatchNorm {
     /// Whether to fold into producers at all.
@@ -175,7 +184,7 @@ impl Pass for FoldBatchNorm {
             g.remove(bn);
             cx.remarks.push(Remark {
                 node: bn_name,
-                message: format!("folded into `{p_name}`"),
+                message: format!("{FOLDED_INTO}{p_name}`"),
             });
         }
         if changed {
@@ -360,5 +369,12 @@ mod tests {
                 "bn3: folded into `d`",
             ]
         );
+        // Pictures read the folds back from the remarks.
+        let folds: Vec<(&str, &str)> = steps
+            .iter()
+            .flat_map(|s| &s.remarks)
+            .filter_map(|r| Some((r.node.as_str(), super::folded_into(r)?)))
+            .collect();
+        assert_eq!(folds, [("bn3", "d")]);
     }
 }

@@ -18,7 +18,7 @@ use thiserror::Error;
 pub use attach_loss::AttachLoss;
 pub use autodiff::{Autodiff, gradient_outputs};
 pub use dead_code::DeadCodeElimination;
-pub use fold_batch_norm::FoldBatchNorm;
+pub use fold_batch_norm::{FoldBatchNorm, folded_into};
 pub use infer_shapes::{InferShapes, infer_shapes};
 pub use lower_batch_norm::LowerBatchNorm;
 pub use redundant_bias::RedundantBias;

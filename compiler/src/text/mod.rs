@@ -1,18 +1,27 @@
 //! The text format: a line-oriented IR (see `docs/IR.md`). `parse` builds a graph from
 //! text, creating parameters that the text leaves implicit; `print` writes the canonical
 //! form with every attribute and type, which `parse` reads back to the same graph.
+//! Pictures of a graph come from here too: DOT for Graphviz (`to_dot_annotated`) and a
+//! standalone SVG with its own layered layout (`to_svg`), both showing the fused kernels
+//! and folded BatchNorms given as `Annotations`.
 
 mod dot;
+mod layout;
 mod lexer;
 mod parser;
+mod picture;
 mod printer;
+mod svg;
 
 use thiserror::Error;
 
-pub use dot::to_dot;
+pub use dot::{to_dot, to_dot_annotated};
+pub use layout::{Item, Layout, layout};
 pub use parser::parse;
 pub use parser::parse_bytes;
+pub use picture::{Annotations, Cluster, NodeLook, Shape, look};
 pub use printer::{print, print_marked};
+pub use svg::{to_svg, xml_escape};
 
 use crate::ir::Span;
 
