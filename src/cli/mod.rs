@@ -2,6 +2,7 @@
 
 mod bench;
 mod compile;
+mod import;
 mod infer;
 mod plot;
 mod train;
@@ -76,6 +77,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a model on Fashion-MNIST with SGD: a row per epoch, then the learned bn1 γ and β.
     Train(train::TrainArgs),
+    /// Import an ONNX model: write it as bnc IR and its initializers as safetensors weights.
+    Import(import::ImportArgs),
 }
 
 /// Runs the parsed command.
@@ -92,5 +95,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => infer::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
+        Command::Import(args) => import::run(args),
     }
 }
