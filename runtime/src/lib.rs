@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod data;
 pub mod model;
+pub mod rename;
 pub mod sgd;
 pub mod train;
 mod train_bwd;

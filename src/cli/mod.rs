@@ -6,6 +6,7 @@ mod import;
 mod infer;
 mod plot;
 mod train;
+mod weights;
 
 use std::path::PathBuf;
 
@@ -79,6 +80,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Import an ONNX model: write it as bnc IR and its initializers as safetensors weights.
     Import(import::ImportArgs),
+    /// Work on weights files: `bnc weights rename` maps PyTorch names to bnc's and back.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
 }
 
 /// Runs the parsed command.
@@ -96,5 +100,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Import(args) => import::run(args),
+        Command::Weights(cmd) => weights::run(cmd),
     }
 }
