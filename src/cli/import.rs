@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use bnc::import::import_file;
+use bnc::import::{ImportError, import_file};
 
 /// Arguments of `bnc import`.
 #[derive(Args)]
@@ -22,10 +22,17 @@ pub struct ImportArgs {
 /// Runs `bnc import`.
 pub fn run(a: ImportArgs) -> anyhow::Result<()> {
     let source = a.file.display().to_string();
-    let imported = import_file(&a.file).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    // One message per error: file errors name their file, the others get the model's.
+    let flat = |e: ImportError| match e {
+        ImportError::Read { .. } | ImportError::Write { .. } | ImportError::Weights(_) => {
+            anyhow::anyhow!("{e}")
+        }
+        other => anyhow::anyhow!("{source}: {other}"),
+    };
+    let imported = import_file(&a.file).map_err(flat)?;
     imported
         .save(&source, &a.output, &a.weights)
-        .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        .map_err(flat)?;
     let ops = imported
         .graph
         .node_ids()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use bnc::runtime::rename::{Direction, NameMap, rename_file};
+use bnc::runtime::rename::{Direction, NameMap, RenameError, rename_file};
 
 /// What `bnc weights` does.
 #[derive(Subcommand)]
@@ -79,8 +79,11 @@ fn rename(a: RenameArgs) -> anyhow::Result<()> {
     } else {
         Direction::ToBnc
     };
-    let report = rename_file(&a.input, &a.output, &map, direction)
-        .with_context(|| format!("{}", a.input.display()))?;
+    // Flattened to one message: the weights errors name the file and their cause already.
+    let report = rename_file(&a.input, &a.output, &map, direction).map_err(|e| match e {
+        RenameError::Weights(w) => anyhow::anyhow!("{w}"),
+        other => anyhow::anyhow!("{}: {other}", a.input.display()),
+    })?;
     let mut line = format!("renamed {} tensors", report.renamed);
     if !report.dropped.is_empty() {
         line += &format!(

@@ -313,11 +313,11 @@ impl<'a> Converter<'a> {
         if let Err(e) = pm.run(&mut self.graph, Mode::Infer) {
             return Err(match e {
                 PassError::Shape(error) => {
-                    let node = self.origin.get(&error.node).cloned().unwrap_or(NodeRef {
-                        name: error.node.clone(),
-                        index: 0,
-                        op_type: "?".to_string(),
-                    });
+                    let node = self
+                        .origin
+                        .get(&error.node)
+                        .cloned()
+                        .unwrap_or_else(|| NodeRef::new(&error.node, 0, "?"));
                     ImportError::Shape { node, error }
                 }
                 other => ImportError::Pass(other),

@@ -45,9 +45,13 @@ pub use proto::ProtoError;
 pub const MAX_FILE_BYTES: u64 = 2 << 30;
 
 /// An ONNX node as errors name it: its name (or its position, when it has none) and its
-/// op type.
+/// op type. Boxed, so that errors stay small.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeRef {
+pub struct NodeRef(Box<NodeInfo>);
+
+/// What [`NodeRef`] holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
     /// The node's name in the file; empty when it has none.
     pub name: String,
     /// Its position among the graph's nodes, from 0.
@@ -56,12 +60,29 @@ pub struct NodeRef {
     pub op_type: String,
 }
 
+impl NodeRef {
+    /// The node at `index` named `name` (possibly empty) of type `op_type`.
+    pub fn new(name: &str, index: usize, op_type: &str) -> NodeRef {
+        NodeRef(Box::new(NodeInfo {
+            name: name.to_string(),
+            index,
+            op_type: op_type.to_string(),
+        }))
+    }
+
+    /// The node's name, index and op type.
+    pub fn info(&self) -> &NodeInfo {
+        &self.0
+    }
+}
+
 impl fmt::Display for NodeRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.name.is_empty() {
-            write!(f, "node #{} ({})", self.index, self.op_type)
+        let n = &self.0;
+        if n.name.is_empty() {
+            write!(f, "node #{} ({})", n.index, n.op_type)
         } else {
-            write!(f, "node `{}` ({})", self.name, self.op_type)
+            write!(f, "node `{}` ({})", n.name, n.op_type)
         }
     }
 }
@@ -98,7 +119,7 @@ pub enum ImportError {
     /// An operator bnc does not import.
     #[error(
         "{node}: unsupported op `{}` (bnc imports Conv, BatchNormalization, Gemm, MatMul, Add, Relu, Sigmoid, Tanh, AveragePool, MaxPool, Flatten, Reshape, Softmax, Constant)",
-        qualified(&node.op_type, domain)
+        qualified(&node.info().op_type, domain)
     )]
     UnsupportedOp {
         /// The node.

@@ -119,11 +119,7 @@ impl<'a> Converter<'a> {
 
     /// Translates node `index`.
     pub fn node(&mut self, index: usize, n: &'a NodeProto<'a>) -> Result<(), ImportError> {
-        let node = NodeRef {
-            name: n.name.clone(),
-            index,
-            op_type: n.op_type.clone(),
-        };
+        let node = NodeRef::new(&n.name, index, &n.op_type);
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(ImportError::UnsupportedOp {
                 node,
@@ -523,7 +519,7 @@ pub fn check_reshape(
     let ok = match *shape {
         [a, b] => {
             let second = b == -1 || (b > 0 && Some(b as usize) == features);
-            second && (a == 0 || a > 0 || (a == -1 && b != -1))
+            second && (a >= 0 || (a == -1 && b != -1))
         }
         _ => false,
     };
