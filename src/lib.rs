@@ -21,6 +21,8 @@ pub struct ReadmeDoctests;
 
 use thiserror::Error;
 
+pub mod import;
+
 pub use bnc_compiler as compiler;
 pub use bnc_compiler::ir::Graph;
 pub use bnc_compiler::passes::{Mode, PassError, PrintAfter, Step};

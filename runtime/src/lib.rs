@@ -4,6 +4,7 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod model;
+pub mod rename;
 pub mod sgd;
 pub mod train;
 mod train_bwd;

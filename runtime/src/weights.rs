@@ -391,7 +391,7 @@ impl View for LeView<'_> {
 /// them: it adds the last offset to the header size unchecked, which overflows (and
 /// panics in debug builds) for a crafted header whose offsets approach `usize::MAX`.
 /// Anything this check cannot read is left for the crate to report.
-fn check_offsets(bytes: &[u8]) -> Result<(), SafeTensorError> {
+pub(crate) fn check_offsets(bytes: &[u8]) -> Result<(), SafeTensorError> {
     let Some(len_bytes) = bytes.first_chunk::<8>() else {
         return Ok(());
     };

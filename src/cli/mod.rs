@@ -3,10 +3,12 @@
 mod bench;
 mod compare;
 mod compile;
+mod import;
 mod infer;
 mod plot;
 mod resume;
 mod train;
+mod weights;
 
 use std::path::PathBuf;
 
@@ -124,6 +126,11 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Import an ONNX model: write it as bnc IR and its initializers as safetensors weights.
+    Import(import::ImportArgs),
+    /// Work on weights files: `bnc weights rename` maps PyTorch names to bnc's and back.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
 }
 
 /// Runs the parsed command.
@@ -151,5 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "bnc", &mut std::io::stdout());
             Ok(())
         }
+        Command::Import(args) => import::run(args),
+        Command::Weights(cmd) => weights::run(cmd),
     }
 }

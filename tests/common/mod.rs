@@ -1,7 +1,10 @@
-//! Helpers shared by the command-line tests: running `bnc`, temporary directories, and a
-//! tiny Fashion-MNIST-shaped data set (so that `bnc train` runs in a fraction of a second).
+//! Helpers shared by the integration tests: running `bnc`, temporary directories, a tiny
+//! Fashion-MNIST-shaped data set (so that `bnc train` runs in a fraction of a second), and
+//! an ONNX writer for import fixtures.
 
 #![allow(dead_code)] // each test file uses its own subset
+
+pub mod onnx_writer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
