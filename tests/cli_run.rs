@@ -177,6 +177,8 @@ fn run_errors_name_what_is_wrong() {
         "/nonexistent.safetensors",
     ]);
     assert!(e.contains("/nonexistent.safetensors"), "{e}");
+    // The cause is said once, though the error quotes its source and main prints causes.
+    assert_eq!(e.matches("(os error 2)").count(), 1, "{e}");
     std::fs::remove_file(w).unwrap();
 }
 
