@@ -96,10 +96,19 @@ fn lanes() -> MemFlagsData {
     MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
 }
 
-/// `b` if `b > a`, else `a` (so a NaN in `a` propagates): a compare and a select, where
-/// Cranelift's IEEE `fmax` costs a dozen instructions on x64.
+/// `y` if `x < y`, else `x` (so a NaN in `x` propagates): a compare and a select, where
+/// Cranelift's IEEE `fmax` costs a dozen instructions on x64. On vectors the compare is
+/// written `x < y` so that Cranelift matches it to one `maxps` (whose second operand, `x`,
+/// is what it returns for a NaN); a `y > x` compare became a compare and a blend.
 pub(crate) fn max(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
-    pick_if(b, FloatCC::GreaterThan, x, y)
+    let ty = b.func.dfg.value_type(x);
+    let take = b.ins().fcmp(FloatCC::LessThan, x, y);
+    if ty.is_vector() {
+        let mask = b.ins().bitcast(ty, lanes(), take);
+        b.ins().bitselect(mask, y, x)
+    } else {
+        b.ins().select(take, y, x)
+    }
 }
 
 /// `b` if `b < a`, else `a` (so a NaN in `a` propagates).

@@ -502,6 +502,31 @@ fn exp_polynomial_accuracy() {
 }
 
 /// Sigmoid and tanh stay within 2e-6 of the truth everywhere, with no NaN for huge inputs.
+/// A NaN stays a NaN through every activation, in vector lanes and in the scalar tail, and
+/// infinities saturate: the numerics guard relies on a NaN reaching the next buffer.
+#[test]
+fn activations_propagate_nan() {
+    let xs = [
+        f32::NAN,
+        1.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -2.0,
+        f32::NAN,
+    ];
+    for a in ACTS {
+        let spec = KernelSpec::Unary {
+            len: xs.len(),
+            act: a,
+        };
+        let jit = JitKernels::compile(&[spec]).unwrap();
+        let mut out = vec![0.0; xs.len()];
+        jit.run(0, &[&xs], &mut out, 1).unwrap();
+        assert!(out[0].is_nan() && out[5].is_nan(), "{a:?}: {out:?}");
+        assert!(out[1..5].iter().all(|y| !y.is_nan()), "{a:?}: {out:?}");
+    }
+}
+
 #[test]
 fn sigmoid_and_tanh_accuracy() {
     let xs = wide_range();
