@@ -59,7 +59,20 @@ fn compile_prints_the_canonical_ir() {
     assert!(out.contains(": f32[N,10]\n"), "{out}");
     assert!(out.ends_with("output fc3\n"), "{out}");
     let train = ok(&["compile", "models/lenet_bn.ir", "--mode", "train"]);
-    assert!(train.contains("bn1 = batch_norm_train(conv1, "), "{train}");
+    // fuse-bn-train has split every BatchNorm into the fused kernels' pieces.
+    assert!(
+        train.contains("bn1.stats = batch_stats(conv1, bn1.running_mean, bn1.running_var, "),
+        "{train}"
+    );
+    assert!(
+        train.contains("bn1 = batch_norm_apply(conv1, bn1.stats, "),
+        "{train}"
+    );
+    assert!(
+        train.contains("grad.bn1.sums = batch_norm_grad_sums(grad.bn1, conv1, bn1.stats, "),
+        "{train}"
+    );
+    assert!(!train.contains("batch_norm_train"), "{train}");
     assert!(train.contains("input labels: i32[N]\n"), "{train}");
     // autodiff appends one gradient per trainable parameter; redundant-bias has removed
     // the biases before BatchNorm, so conv1 has a weight gradient only.

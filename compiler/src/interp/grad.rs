@@ -46,15 +46,22 @@ pub enum GradError {
 }
 
 /// Compiles a copy of `g` (a model as parsed, or typed) with the default train pipeline
-/// (`infer-shapes`, `lower-batch-norm`, `attach-loss`, `redundant-bias`, `autodiff`,
-/// `dce`) and runs it on the interpreter. `inputs` binds `x` and `labels`; `params` is
-/// not modified (the updated running statistics are returned instead).
+/// but `fuse-bn-train` (`infer-shapes`, `lower-batch-norm`, `attach-loss`,
+/// `redundant-bias`, `autodiff`, `dce`: the reference keeps `batch_norm_train`, which
+/// also updates the running statistics) and runs it on the interpreter. `inputs` binds
+/// `x` and `labels`; `params` is not modified (the updated running statistics are
+/// returned instead).
 pub fn gradients(
     g: &Graph,
     inputs: &HashMap<String, Tensor>,
     params: &Params,
 ) -> Result<Gradients, GradError> {
-    gradients_with(g, default_pipeline(Mode::Train), inputs, params)
+    let passes: Vec<&str> = default_pipeline(Mode::Train)
+        .iter()
+        .copied()
+        .filter(|&p| p != "fuse-bn-train")
+        .collect();
+    gradients_with(g, &passes, inputs, params)
 }
 
 /// [`gradients`] with another pass list (tests compare pipelines with it).
@@ -82,8 +89,13 @@ pub(crate) fn gradients_with(
     }
     let mut running = Params::new();
     for id in g.node_ids() {
-        if let Some(Op::BatchNormTrain(_) | Op::BatchNorm(_)) = g.node(id).op() {
-            for &stat in &g.operands(id)[3..] {
+        let first = match g.node(id).op() {
+            Some(Op::BatchNormTrain(_) | Op::BatchNorm(_)) => 3,
+            Some(Op::BatchStats(_)) => 1,
+            _ => continue,
+        };
+        {
+            for &stat in &g.operands(id)[first..] {
                 let name = &g.node(stat).name;
                 if let Some(t) = params.get(name) {
                     running.insert(name.clone(), t.clone());

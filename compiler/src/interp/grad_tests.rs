@@ -377,7 +377,20 @@ fn check_model(name: &str) {
         .unwrap()
         .run(&mut g, Mode::Train)
         .unwrap();
-    let params = stirred_params(&g, 5);
+    // The fused train graph (differentiated below) has no running statistics; the
+    // reference `gradients` keeps `batch_norm_train` and needs them, so the parameters
+    // come from the graph before fusion.
+    let mut unfused = parse(&src).unwrap();
+    let passes: Vec<&str> = default_pipeline(Mode::Train)
+        .iter()
+        .copied()
+        .filter(|&p| p != "fuse-bn-train")
+        .collect();
+    PassManager::new(&passes)
+        .unwrap()
+        .run(&mut unfused, Mode::Train)
+        .unwrap();
+    let params = stirred_params(&unfused, 5);
     let inputs = batch(6);
     let exact_inputs: HashMap<String, Array> = inputs
         .iter()
@@ -502,6 +515,49 @@ fn redundant_bias_changes_neither_the_loss_nor_the_other_gradients() {
                     .iter()
                     .fold(0.0f32, |m, v| m.max(v.abs()));
                 assert!(max < 1e-5, "{name}: gradient {max} should vanish");
+            }
+        }
+    }
+}
+
+/// `fuse-bn-train` changes no value beyond rounding the batch statistics to f32 once: the
+/// loss and every gradient of LeNet-BN and the BatchNorm MLP agree with and without it,
+/// within 1e-4 of each tensor's largest element.
+#[test]
+fn fused_batch_norm_training_graph_matches_unfused() {
+    let with = default_pipeline(Mode::Train);
+    assert!(with.contains(&"fuse-bn-train"));
+    let without: Vec<&str> = with
+        .iter()
+        .copied()
+        .filter(|&p| p != "fuse-bn-train")
+        .collect();
+    for src in [
+        include_str!("../../../models/lenet_bn.ir"),
+        include_str!("../../../models/mlp_bn.ir"),
+    ] {
+        let g = parse(src).unwrap();
+        let mut typed = g.clone();
+        PassManager::new(&without)
+            .unwrap()
+            .run(&mut typed, Mode::Train)
+            .unwrap();
+        let params = stirred_params(&typed, 5);
+        let inputs = batch(6);
+        let a = gradients_with(&g, with, &inputs, &params).unwrap();
+        let b = gradients_with(&g, &without, &inputs, &params).unwrap();
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs(),
+            "{} vs {}",
+            a.loss,
+            b.loss
+        );
+        assert_eq!(a.grads.len(), b.grads.len());
+        for (name, y) in &b.grads {
+            let (x, y) = (a.grads[name].as_f32().unwrap(), y.as_f32().unwrap());
+            let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (p, q) in x.iter().zip(y) {
+                assert!((p - q).abs() <= 1e-4 * scale, "{name}: {p} vs {q}");
             }
         }
     }

@@ -32,6 +32,12 @@ fn role(kind: OpKind, slot: &str) -> Role {
 /// from its name `<owner>.<slot>` and the owner's op, else zero.
 fn role_of(g: &Graph, p: NodeId) -> Role {
     for (user, slot) in g.users(p) {
+        // `fuse-bn-train`'s batch_stats takes the running statistics as data operands.
+        if let Some(Op::BatchStats(_)) = g.node(user).op()
+            && let Some(name) = ["running_mean", "running_var"].get((slot as usize).wrapping_sub(1))
+        {
+            return role(OpKind::BatchNormTrain, name);
+        }
         if let Some(op) = g.node(user).op()
             && let Some(i) = (slot as usize).checked_sub(op.data_arity())
             && let Some(name) = op.param_slots().get(i)
@@ -42,7 +48,11 @@ fn role_of(g: &Graph, p: NodeId) -> Role {
     let name = &g.node(p).name;
     name.rsplit_once('.')
         .and_then(|(owner, slot)| {
-            let op = g.node(g.lookup(owner)?).op().map(Op::kind)?;
+            let op = match g.node(g.lookup(owner)?).op().map(Op::kind)? {
+                // After `fuse-bn-train` the BatchNorm's node is its batch_norm_apply.
+                OpKind::BatchNormApply => OpKind::BatchNormTrain,
+                op => op,
+            };
             Some(role(op, slot))
         })
         .unwrap_or(Role::Constant(0.0))

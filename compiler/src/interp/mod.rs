@@ -19,6 +19,7 @@ mod array;
 mod backward;
 mod batch_norm;
 mod fold;
+mod fused_bn;
 mod grad;
 #[cfg(test)]
 mod grad_tests;
@@ -261,19 +262,21 @@ impl<'g> Interpreter<'g> {
             let operands = g.operands(id);
             let x: Vec<&Array> = operands.iter().map(|o| &env[o]).collect();
             let mut value = apply(op, &x, self.mode)?;
+            // The BatchNorm ops that update running statistics, and the slot of the first.
             let train_bn = match op {
-                Op::BatchNormTrain(a) => Some(a),
-                Op::BatchNorm(a) if self.mode == Mode::Train => Some(a),
+                Op::BatchNormTrain(a) => Some((a, 3)),
+                Op::BatchNorm(a) if self.mode == Mode::Train => Some((a, 3)),
+                Op::BatchStats(a) if self.mode == Mode::Train => Some((a, 1)),
                 _ => None,
             };
-            if let Some(a) = train_bn {
+            if let Some((a, first)) = train_bn {
                 let stats = batch_norm::BatchStats::of(x[0]);
                 // The running statistics are read from the store, not from the snapshot
                 // in `x`, so that updates by earlier BatchNorms sharing them compose. An
                 // empty batch has no statistics and leaves them unchanged.
                 if stats.count > 0 {
                     let running_var = stats.running_var_update(a);
-                    for (slot, stat) in [(3, &stats.mean), (4, &running_var)] {
+                    for (slot, stat) in [(first, &stats.mean), (first + 1, &running_var)] {
                         let name = &g.node(operands[slot]).name;
                         if let Some(t) = store.get_mut(name) {
                             batch_norm::update_running(t, stat, a.momentum);
@@ -342,6 +345,11 @@ pub(crate) fn apply(op: &Op, x: &[&Array], mode: Mode) -> Result<Array, InterpEr
         Op::AvgPool2dGrad(a) => backward::avg_pool2d_grad(x[0], x[1], a),
         Op::MaxPool2dGrad(a) => backward::max_pool2d_grad(x[0], x[1], a),
         Op::Unflatten => backward::unflatten(x[0], x[1]),
+        Op::BatchStats(_) => fused_bn::batch_stats(x[0]),
+        Op::BatchNormApply { eps } => fused_bn::apply(x[0], x[1], x[2], x[3], *eps),
+        Op::BatchNormGradSums { eps } => fused_bn::grad_sums(x[0], x[1], x[2], *eps),
+        Op::BatchNormGradApply { eps } => fused_bn::grad_apply(x[0], x[1], x[2], x[3], x[4], *eps),
+        Op::SelectRow { index } => fused_bn::select_row(x[0], *index),
     })
 }
 

@@ -193,6 +193,35 @@ pub enum Op {
     MaxPool2dGrad(PoolAttrs),
     /// Backward of `flatten` (operands: dy, like): `dy` reshaped to the shape of `like`.
     Unflatten,
+    /// Fused train-mode BatchNorm (`fuse-bn-train`; operands: x, running_mean,
+    /// running_var): the batch statistics of `x` (rank 2 or 4) as `f32[2, C]`, row 0 the
+    /// mean and row 1 the biased variance, computed in the epilogue of the kernel that
+    /// produces `x`. In train mode it updates the running statistics from them, as
+    /// `batch_norm_train` does (the BatchNorm's attributes).
+    BatchStats(BatchNormAttrs),
+    /// Fused train-mode BatchNorm: `γ·(x − mean)/√(var + ε) + β` from `batch_stats`
+    /// (operands: x, stats, γ, β).
+    BatchNormApply {
+        /// The BatchNorm's ε.
+        eps: f64,
+    },
+    /// Fused BatchNorm backward, one reduction pass (operands: dy, x, stats): `f32[2, C]`
+    /// with row 0 `Σ dy` (= dβ) and row 1 `Σ dy·x̂` (= dγ).
+    BatchNormGradSums {
+        /// The BatchNorm's ε.
+        eps: f64,
+    },
+    /// Fused BatchNorm backward, one elementwise pass (operands: dy, x, stats, sums, γ):
+    /// `dx = γ/(m·√(var + ε))·(m·dy − Σdy − x̂·Σdy·x̂)` over the `m` values per channel.
+    BatchNormGradApply {
+        /// The BatchNorm's ε.
+        eps: f64,
+    },
+    /// Row `index` of a rank-2 tensor `[R, C]`, as `[C]`.
+    SelectRow {
+        /// The row.
+        index: usize,
+    },
 }
 
 /// The kind of an op, without attributes: the key of the op table.
@@ -266,6 +295,16 @@ pub enum OpKind {
     MaxPool2dGrad,
     /// See [`Op::Unflatten`].
     Unflatten,
+    /// See [`Op::BatchStats`].
+    BatchStats,
+    /// See [`Op::BatchNormApply`].
+    BatchNormApply,
+    /// See [`Op::BatchNormGradSums`].
+    BatchNormGradSums,
+    /// See [`Op::BatchNormGradApply`].
+    BatchNormGradApply,
+    /// See [`Op::SelectRow`].
+    SelectRow,
 }
 
 /// One row of the op table.
@@ -530,6 +569,41 @@ pub const OPS: &[OpInfo] = &[
         attrs: &[],
         summary: "backward of flatten (dy, like): dy reshaped to the shape of like",
     },
+    OpInfo {
+        kind: OpKind::BatchStats,
+        name: "batch_stats",
+        data_arity: 3,
+        attrs: BN_ATTRS,
+        summary: "fused BN (x, running_mean, running_var): batch mean and biased variance as f32[2,C], updating the running statistics",
+    },
+    OpInfo {
+        kind: OpKind::BatchNormApply,
+        name: "batch_norm_apply",
+        data_arity: 4,
+        attrs: &["eps"],
+        summary: "fused BN: gamma*(x-mean)/sqrt(var+eps)+beta (x, stats, gamma, beta)",
+    },
+    OpInfo {
+        kind: OpKind::BatchNormGradSums,
+        name: "batch_norm_grad_sums",
+        data_arity: 3,
+        attrs: &["eps"],
+        summary: "fused BN backward (dy, x, stats): f32[2,C] of sum(dy) and sum(dy*xhat)",
+    },
+    OpInfo {
+        kind: OpKind::BatchNormGradApply,
+        name: "batch_norm_grad_apply",
+        data_arity: 5,
+        attrs: &["eps"],
+        summary: "fused BN backward (dy, x, stats, sums, gamma): the input gradient",
+    },
+    OpInfo {
+        kind: OpKind::SelectRow,
+        name: "select_row",
+        data_arity: 1,
+        attrs: &["index"],
+        summary: "row `index` of a rank-2 tensor [R,C], as [C]",
+    },
 ];
 
 impl OpKind {
@@ -541,12 +615,13 @@ impl OpKind {
 
     /// Whether ops of this kind are backward ops (see [`Op::is_backward`]).
     pub fn is_backward(self) -> bool {
-        // The backward ops are the table's rows from `softmax_cross_entropy_grad` on.
-        let first = OPS
+        // The backward ops are the table's rows from `softmax_cross_entropy_grad` to
+        // `unflatten`; the fused BatchNorm ops follow them.
+        let at = |k: OpKind| OPS.iter().position(|i| i.kind == k).unwrap_or(OPS.len());
+        let (first, last) = (at(OpKind::SoftmaxCrossEntropyGrad), at(OpKind::Unflatten));
+        OPS[first..=last.min(OPS.len() - 1)]
             .iter()
-            .position(|i| i.kind == OpKind::SoftmaxCrossEntropyGrad)
-            .unwrap_or(OPS.len());
-        OPS[first..].iter().any(|i| i.kind == self)
+            .any(|i| i.kind == self)
     }
 
     /// Looks a kind up by its text name.
@@ -593,6 +668,11 @@ impl Op {
             Op::AvgPool2dGrad(_) => OpKind::AvgPool2dGrad,
             Op::MaxPool2dGrad(_) => OpKind::MaxPool2dGrad,
             Op::Unflatten => OpKind::Unflatten,
+            Op::BatchStats(_) => OpKind::BatchStats,
+            Op::BatchNormApply { .. } => OpKind::BatchNormApply,
+            Op::BatchNormGradSums { .. } => OpKind::BatchNormGradSums,
+            Op::BatchNormGradApply { .. } => OpKind::BatchNormGradApply,
+            Op::SelectRow { .. } => OpKind::SelectRow,
         }
     }
 
@@ -652,7 +732,10 @@ impl Op {
                 ("bias", a.bias.to_string()),
             ],
             Op::Dense(a) => vec![("units", a.units.to_string()), ("bias", a.bias.to_string())],
-            Op::BatchNorm(a) | Op::BatchNormTrain(a) | Op::BatchNormInfer(a) => vec![
+            Op::BatchNorm(a)
+            | Op::BatchNormTrain(a)
+            | Op::BatchNormInfer(a)
+            | Op::BatchStats(a) => vec![
                 ("eps", format!("{:?}", a.eps)),
                 ("momentum", format!("{:?}", a.momentum)),
                 ("running_var", a.running_var.to_string()),
@@ -660,7 +743,11 @@ impl Op {
             Op::BnScale { eps }
             | Op::BnShift { eps }
             | Op::BatchNormTrainGrad { eps }
-            | Op::BatchNormWeightGrad { eps } => vec![("eps", format!("{eps:?}"))],
+            | Op::BatchNormWeightGrad { eps }
+            | Op::BatchNormApply { eps }
+            | Op::BatchNormGradSums { eps }
+            | Op::BatchNormGradApply { eps } => vec![("eps", format!("{eps:?}"))],
+            Op::SelectRow { index } => vec![("index", index.to_string())],
             Op::Conv2dGradInput(a) => vec![
                 ("input_size", pair(a.input_size)),
                 ("stride", pair(a.stride)),
@@ -712,6 +799,6 @@ mod tests {
                 assert_ne!(a.name, b.name);
             }
         }
-        assert_eq!(OPS.len(), 34);
+        assert_eq!(OPS.len(), 39);
     }
 }

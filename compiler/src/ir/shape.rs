@@ -446,7 +446,12 @@ pub fn infer(op: &Op, data: &[&TensorType]) -> Result<Inferred, ShapeErrorKind> 
         | Op::TanhGrad
         | Op::AvgPool2dGrad(_)
         | Op::MaxPool2dGrad(_)
-        | Op::Unflatten => backward::infer(op, data)?,
+        | Op::Unflatten
+        | Op::BatchStats(_)
+        | Op::BatchNormApply { .. }
+        | Op::BatchNormGradSums { .. }
+        | Op::BatchNormGradApply { .. }
+        | Op::SelectRow { .. } => backward::infer(op, data)?,
         Op::SoftmaxCrossEntropy => {
             let (x, labels) = (data[0], data[1]);
             expect_f32(name, 0, x)?;

@@ -1,4 +1,5 @@
-//! Shape rules of the backward ops that `autodiff` emits. Each checks its operands the
+//! Shape rules of the backward ops that `autodiff` emits, and of the fused BatchNorm ops
+//! that `fuse-bn-train` makes of a train-mode BatchNorm and its backward. Each checks its operands the
 //! way the forward op checks its own (often by running the forward rule on them) and
 //! gives the gradient the type of the value it is the gradient of. Backward ops have no
 //! parameter slots.
@@ -180,6 +181,60 @@ pub(super) fn infer(op: &Op, data: &[&TensorType]) -> R<Inferred> {
             let flat = infer_forward(&Op::Flatten, &[like]).map_err(|e| rename(e, name))?;
             same(name, dy, &flat.result)?;
             result(like.clone())
+        }
+        Op::BatchStats(_) => {
+            let x = data[0];
+            expect_f32(name, 0, x)?;
+            expect_rank(name, x, &[2, 4], "2 or 4")?;
+            let c = fixed(name, x, 1)?;
+            for &running in &data[1..] {
+                same(name, &TensorType::f32_fixed(&[c]), running)?;
+            }
+            result(TensorType::f32_fixed(&[2, c]))
+        }
+        Op::BatchNormApply { .. }
+        | Op::BatchNormGradSums { .. }
+        | Op::BatchNormGradApply { .. } => {
+            // Operands: (x, stats, γ, β), (dy, x, stats) or (dy, x, stats, sums, γ).
+            let x_slot = usize::from(!matches!(op, Op::BatchNormApply { .. }));
+            let x = data[x_slot];
+            expect_f32(name, x_slot, x)?;
+            expect_rank(name, x, &[2, 4], "2 or 4")?;
+            let c = fixed(name, x, 1)?;
+            let (rows, chan) = (TensorType::f32_fixed(&[2, c]), TensorType::f32_fixed(&[c]));
+            match op {
+                Op::BatchNormApply { .. } => {
+                    same(name, &rows, data[1])?;
+                    same(name, &chan, data[2])?;
+                    same(name, &chan, data[3])?;
+                    result(x.clone())
+                }
+                Op::BatchNormGradSums { .. } => {
+                    grad_of(name, data[0], x)?;
+                    same(name, &rows, data[2])?;
+                    result(rows)
+                }
+                _ => {
+                    grad_of(name, data[0], x)?;
+                    same(name, &rows, data[2])?;
+                    same(name, &rows, data[3])?;
+                    same(name, &chan, data[4])?;
+                    result(x.clone())
+                }
+            }
+        }
+        Op::SelectRow { index } => {
+            let t = data[0];
+            expect_f32(name, 0, t)?;
+            expect_rank(name, t, &[2], "2")?;
+            if *index >= fixed(name, t, 0)? {
+                return Err(ShapeErrorKind::Mismatch {
+                    op: name,
+                    lhs: t.clone(),
+                    rhs: TensorType::f32_fixed(&[index + 1, fixed(name, t, 1)?]),
+                });
+            }
+            result(TensorType::f32_fixed(&[fixed(name, t, 1)?]))
         }
         // Only backward ops reach here (see `shape::infer`).
         _ => result(data[0].clone()),

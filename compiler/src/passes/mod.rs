@@ -7,6 +7,7 @@ mod attach_loss;
 mod autodiff;
 mod dead_code;
 mod fold_batch_norm;
+mod fuse_bn_train;
 mod infer_shapes;
 mod lower_batch_norm;
 mod redundant_bias;
@@ -19,6 +20,7 @@ pub use attach_loss::AttachLoss;
 pub use autodiff::{Autodiff, gradient_outputs};
 pub use dead_code::DeadCodeElimination;
 pub use fold_batch_norm::{FoldBatchNorm, folded_into};
+pub use fuse_bn_train::FuseBnTrain;
 pub use infer_shapes::{InferShapes, infer_shapes};
 pub use lower_batch_norm::LowerBatchNorm;
 pub use redundant_bias::RedundantBias;
@@ -177,6 +179,11 @@ pub const REGISTRY: &[PassInfo] = &[
         make: || Box::new(Autodiff),
     },
     PassInfo {
+        name: "fuse-bn-train",
+        summary: "train mode: split batch_norm_train and its backward into the fused kernels' pieces (statistics, apply, one-pass sums)",
+        make: || Box::new(FuseBnTrain),
+    },
+    PassInfo {
         name: "fold-bn",
         summary: "infer mode: fold batch_norm_infer into the preceding conv2d/dense, else make it a scale_shift",
         make: || Box::new(FoldBatchNorm { fold: true }),
@@ -203,6 +210,7 @@ pub fn default_pipeline(mode: Mode) -> &'static [&'static str] {
             "attach-loss",
             "redundant-bias",
             "autodiff",
+            "fuse-bn-train",
             "dce",
         ],
     }

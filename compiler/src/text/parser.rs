@@ -538,6 +538,13 @@ fn build_op(s: &OpStmt) -> R<Op> {
         OpKind::AvgPool2dGrad => Op::AvgPool2dGrad(pool()?),
         OpKind::MaxPool2dGrad => Op::MaxPool2dGrad(pool()?),
         OpKind::Unflatten => Op::Unflatten,
+        OpKind::BatchStats => Op::BatchStats(bn()?),
+        OpKind::BatchNormApply => Op::BatchNormApply { eps: bn()?.eps },
+        OpKind::BatchNormGradSums => Op::BatchNormGradSums { eps: bn()?.eps },
+        OpKind::BatchNormGradApply => Op::BatchNormGradApply { eps: bn()?.eps },
+        OpKind::SelectRow => Op::SelectRow {
+            index: at.usize("index", None, true, ks)?,
+        },
     })
 }
 
