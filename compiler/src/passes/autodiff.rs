@@ -85,7 +85,8 @@ pub fn gradient_outputs(g: &Graph) -> Vec<(NodeId, NodeId)> {
         .collect()
 }
 
-fn fresh(g: &Graph, base: String) -> String {
+/// `base`, or `base` with the first free numeric suffix (shared with `fuse-bn-train`).
+pub(super) fn fresh(g: &Graph, base: String) -> String {
     let mut name = base.clone();
     let mut i = 1;
     while g.lookup(&name).is_some() {

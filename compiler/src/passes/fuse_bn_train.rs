@@ -33,22 +33,12 @@
 //!          grad.bn1.bias = select_row(grad.bn1.sums, index=0)
 //! ```
 
+use super::autodiff::fresh;
 use super::{Mode, Pass, PassContext, PassError, Remark};
 use crate::ir::{Graph, NodeId, Op, Span};
 
 /// The `fuse-bn-train` pass.
 pub struct FuseBnTrain;
-
-/// `base`, or `base` with the first free numeric suffix.
-fn fresh(g: &Graph, base: String) -> String {
-    let mut name = base.clone();
-    let mut i = 1;
-    while g.lookup(&name).is_some() {
-        name = format!("{base}{i}");
-        i += 1;
-    }
-    name
-}
 
 /// Adds `op` named `base` or, if taken, `base` with a suffix; fresh names cannot collide.
 fn add(g: &mut Graph, base: String, op: Op, operands: &[NodeId], span: Span) -> NodeId {
