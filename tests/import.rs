@@ -507,5 +507,22 @@ fn the_cli_imports_and_refuses() {
         "{err}"
     );
     assert!(!dir.join("bad.ir").exists() && !dir.join("bad.safetensors").exists());
+
+    // An IR path that cannot be written fails before the weights are written.
+    let o = bnc(
+        &[
+            "import",
+            onnx,
+            "-o",
+            "no/such/dir/m2.ir",
+            "--weights",
+            "m2.safetensors",
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no/such/dir/m2.ir"), "{err}");
+    assert!(!dir.join("m2.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

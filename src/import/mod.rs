@@ -365,13 +365,29 @@ impl Imported {
     /// Writes the IR text to `ir` and the parameters to `weights`, each atomically (a
     /// temporary file renamed into place), weights first.
     pub fn save(&self, source: &str, ir: &Path, weights: &Path) -> Result<(), ImportError> {
-        self.params.save(weights)?;
-        crate::write_atomically(ir, self.ir_text(source).as_bytes()).map_err(|source| {
-            ImportError::Write {
-                path: ir.to_path_buf(),
-                source,
-            }
-        })
+        // The IR goes to a temporary file beside its target first, so that an IR path
+        // that cannot be written (a missing directory, say) fails before the weights
+        // are written; the weights are saved atomically; the rename then puts the IR in
+        // place. A failure leaves neither new file behind.
+        let write = |source| ImportError::Write {
+            path: ir.to_path_buf(),
+            source,
+        };
+        let name = ir
+            .file_name()
+            .ok_or_else(|| write(std::io::Error::other("the path does not name a file")))?;
+        let tmp = ir.with_file_name(format!(
+            ".{}.import-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let cleanup = |e: ImportError| {
+            let _ = std::fs::remove_file(&tmp);
+            e
+        };
+        std::fs::write(&tmp, self.ir_text(source).as_bytes()).map_err(|e| cleanup(write(e)))?;
+        self.params.save(weights).map_err(|e| cleanup(e.into()))?;
+        std::fs::rename(&tmp, ir).map_err(|e| cleanup(write(e)))
     }
 }
 
