@@ -332,6 +332,13 @@ impl Trainer {
 
     /// One SGD step on a batch: `images` is `f32[b, ...input dims]` flattened, `labels` has
     /// `b <= cfg.batch` entries in `0..classes`.
+    ///
+    /// Everything is checked before any native code runs. The element types are fixed by
+    /// the signature (`f32` images, `i32` labels), and plain slices are contiguous, so what
+    /// can be wrong is checked here: an empty batch or one larger than `cfg.batch`
+    /// ([`TrainError::BatchSize`]), an image buffer that does not hold exactly one image per
+    /// label ([`TrainError::Images`]), and a label outside `0..classes`
+    /// ([`TrainError::Label`]).
     pub fn step(&mut self, images: &[f32], labels: &[i32]) -> Result<StepStats, TrainError> {
         let b = labels.len();
         let per_image: usize = self.plan.input_dims.iter().product();
