@@ -273,6 +273,28 @@ fn bad_batches_are_refused() {
     );
 }
 
+/// A layer whose weight is computed (a hand-folded `channel_scale`) cannot be trained in
+/// place: the trainer says so instead of reporting a missing tensor.
+#[test]
+fn computed_weights_are_refused() {
+    let src = "input x: f32[N,3]\nparam s: f32[2]\nparam w: f32[2,3]\n\
+               ws = channel_scale(w, s)\nfc = dense(x, ws, units=2, bias=false)\noutput fc\n";
+    let (model, g) = graphs(src);
+    let cfg = TrainConfig {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        threads: 1,
+        batch: 2,
+    };
+    let e = Trainer::new(&model, to_store(&init_params(&g, 1)), &cfg).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`fc`: the native backend cannot compile this dense; training needs its weight, \
+         bias and BatchNorm statistics to be parameters, not computed values"
+    );
+}
+
 /// One epoch of LeNet-BN (lr 1.0, batch 256, Xavier init) on Fashion-MNIST reaches a test
 /// accuracy of at least 0.70 in infer mode and a train loss below 0.8.
 #[test]
