@@ -256,8 +256,10 @@ impl ParamStore {
         })
     }
 
-    /// Parses safetensors bytes; `path` only names the file in errors.
-    fn decode(bytes: &[u8], path: &Path) -> Result<ParamStore, WeightsError> {
+    /// Parses the bytes of a safetensors file holding only `F32` and `I32` tensors; `path`
+    /// only names the file in errors. Never panics, and allocates no more than the bytes
+    /// hold: every tensor's extent is checked against the input before it is copied.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<ParamStore, WeightsError> {
         let malformed = |source| WeightsError::Malformed {
             path: path.to_path_buf(),
             source,

@@ -231,7 +231,10 @@ fn every_input_misuse_is_a_typed_error() {
         shape_err(&mut m, &Tensor::zeros(&[2, 1, 28, 28, 1])),
         [2, 1, 28, 28, 1]
     );
-    assert_eq!(shape_err(&mut m, &Tensor::zeros(&[2, 28, 1, 28])), [2, 28, 1, 28]);
+    assert_eq!(
+        shape_err(&mut m, &Tensor::zeros(&[2, 28, 1, 28])),
+        [2, 28, 1, 28]
+    );
     let e = m
         .run(&Tensor::new_i32(vec![2, 1, 28, 28], vec![0; 1568]).unwrap())
         .unwrap_err();
@@ -239,7 +242,10 @@ fn every_input_misuse_is_a_typed_error() {
     // A batch of 2^60 images in an empty buffer would wrap the element count to zero.
     assert!(Tensor::new(vec![1 << 60, 1, 28, 28], vec![]).is_none());
     // After all those refusals the model still runs.
-    assert_eq!(m.run(&Tensor::zeros(&[3, 1, 28, 28])).unwrap().shape(), &[3, 10]);
+    assert_eq!(
+        m.run(&Tensor::zeros(&[3, 1, 28, 28])).unwrap().shape(),
+        &[3, 10]
+    );
 
     // A model that declares its batch accepts exactly that batch.
     let src = "input x: f32[4,3]\nfc = dense(x, units=2)\noutput fc\n";
@@ -260,7 +266,9 @@ fn every_input_misuse_is_a_typed_error() {
 fn inputs_without_a_batch_axis_or_of_i32_are_refused_at_compile_time() {
     let cfg = CompileConfig::default();
     let scalar = parse("input x: f32[]\ny = relu(x)\noutput y\n").unwrap();
-    let e = InferenceModel::compile(&scalar, &cfg).err().expect("refused");
+    let e = InferenceModel::compile(&scalar, &cfg)
+        .err()
+        .expect("refused");
     assert_eq!(
         e.to_string(),
         "`x`: the native backend cannot compile this input; \

@@ -194,10 +194,11 @@ pub fn lower(g: &Graph) -> Result<Plan, LowerError> {
     let is_f32 = |i: NodeId| ty(g, i).is_ok_and(|t| t.dtype == crate::DType::F32);
     let [input] = inputs[..] else {
         return Err(LowerError::Inputs {
-            found: inputs.iter().filter(|&&i| is_f32(i)).count(),
+            found: inputs.len(),
         });
     };
     if !is_f32(input) {
+        // One input, but not an f32 tensor the kernels could read.
         return Err(LowerError::Inputs { found: 0 });
     }
     if ty(g, input)?.dims.is_empty() {
