@@ -33,6 +33,10 @@ use bnc_compiler::ir::{ShapeError, Span, VerifyError};
 use bnc_compiler::passes::{PassManager, default_pipeline};
 use bnc_compiler::text::{ParseError, parse_bytes};
 
+/// The bodies of the fuzz targets, shared with the corpus replay test.
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// An error while loading or compiling a model, with its location in the file.
 #[derive(Debug, Error)]
 pub enum Error {

@@ -47,38 +47,50 @@ pub enum TensorData {
     I32(Vec<i32>),
 }
 
-/// A dense row-major tensor with a concrete shape.
+/// A dense row-major tensor with a concrete shape. Its elements are always one contiguous
+/// buffer of exactly the product of the shape (there are no strided views), and that product
+/// never overflows `usize`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
     data: TensorData,
 }
 
+/// The number of elements of `shape`, or `None` when the product overflows `usize` (a
+/// shape such as `[2^60, 784]` must not wrap around to a small count).
+pub fn checked_len(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 impl Tensor {
-    /// An `f32` tensor; `None` when `data.len()` is not the product of `shape`.
+    /// An `f32` tensor; `None` when `data.len()` is not the product of `shape` (or the
+    /// product overflows).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Option<Tensor> {
-        (shape.iter().product::<usize>() == data.len()).then_some(Tensor {
+        (checked_len(&shape) == Some(data.len())).then_some(Tensor {
             shape,
             data: TensorData::F32(data),
         })
     }
 
-    /// An `i32` tensor; `None` when `data.len()` is not the product of `shape`.
+    /// An `i32` tensor; `None` when `data.len()` is not the product of `shape` (or the
+    /// product overflows).
     pub fn new_i32(shape: Vec<usize>, data: Vec<i32>) -> Option<Tensor> {
-        (shape.iter().product::<usize>() == data.len()).then_some(Tensor {
+        (checked_len(&shape) == Some(data.len())).then_some(Tensor {
             shape,
             data: TensorData::I32(data),
         })
     }
 
-    /// An `f32` tensor of zeros.
+    /// An `f32` tensor of zeros. Panics, as `Vec` does on capacity overflow, when the
+    /// product of `shape` overflows `usize`.
     pub fn zeros(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 0.0)
     }
 
-    /// An `f32` tensor with every element `value`.
+    /// An `f32` tensor with every element `value`. Panics, as `Vec` does on capacity
+    /// overflow, when the product of `shape` overflows `usize`.
     pub fn full(shape: &[usize], value: f32) -> Tensor {
-        let n = shape.iter().product();
+        let n = checked_len(shape).expect("tensor shape overflows usize");
         Tensor {
             shape: shape.to_vec(),
             data: TensorData::F32(vec![value; n]),
@@ -167,5 +179,17 @@ mod tests {
             Tensor::new_i32(vec![2], vec![1, 2]).unwrap().dtype(),
             DType::I32
         );
+    }
+
+    /// A shape whose product wraps around `usize` (2^60 · 784 = 49 · 2^64) is refused, so an
+    /// empty buffer can never claim 2^60 images.
+    #[test]
+    fn new_refuses_overflowing_shapes() {
+        assert!(Tensor::new(vec![1 << 60, 1, 28, 28], vec![]).is_none());
+        assert!(Tensor::new_i32(vec![1 << 32, 1 << 32], vec![]).is_none());
+        assert_eq!(checked_len(&[1 << 60, 784]), None);
+        assert_eq!(checked_len(&[1 << 60, 784, 0]), None);
+        assert_eq!(checked_len(&[]), Some(1));
+        assert_eq!(checked_len(&[3, 0, 5]), Some(0));
     }
 }

@@ -57,8 +57,9 @@ pub enum RuntimeError {
         /// The given element type.
         got: DType,
     },
-    /// The input tensor has the wrong shape.
-    #[error("input `{name}` has shape {got:?}, expected [N,{}]", .expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))]
+    /// The input tensor has the wrong shape: another rank, another size of one image, or
+    /// another batch size than a model with a fixed batch (`f32[32,1,28,28]`) declares.
+    #[error("input `{name}` has shape {got:?}, expected [{}]", expected_shape(*.batch, .expected))]
     InputShape {
         /// The input's name.
         name: String,
@@ -66,7 +67,18 @@ pub enum RuntimeError {
         got: Vec<usize>,
         /// The shape of one image.
         expected: Vec<usize>,
+        /// The batch size the model declares, or `None` for the symbolic `N`.
+        batch: Option<usize>,
     },
+}
+
+/// The declared input shape as the IR writes it: `N,1,28,28` or `32,1,28,28`.
+fn expected_shape(batch: Option<usize>, image: &[usize]) -> String {
+    let first = batch.map_or("N".to_string(), |b| b.to_string());
+    std::iter::once(first)
+        .chain(image.iter().map(|d| d.to_string()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// How to compile.
@@ -183,17 +195,27 @@ impl InferenceModel {
             });
         }
         let shape = input.shape();
-        if shape.is_empty() || shape[1..] != self.plan.input_dims[..] {
-            return Err(RuntimeError::InputShape {
+        let batch_ok = |b: usize| self.plan.input_batch.is_none_or(|fixed| fixed == b);
+        match shape.split_first() {
+            Some((&batch, image)) if image == self.plan.input_dims && batch_ok(batch) => Ok(batch),
+            _ => Err(RuntimeError::InputShape {
                 name,
                 got: shape.to_vec(),
                 expected: self.plan.input_dims.clone(),
-            });
+                batch: self.plan.input_batch,
+            }),
         }
-        Ok(shape[0])
     }
 
     /// Runs the model on a batch; returns the first output (`[batch, ...]`).
+    ///
+    /// The input is checked before any native code runs: it must be `f32` (an `i32`
+    /// tensor is [`RuntimeError::InputDType`]) and have the declared shape, `[batch, image
+    /// dims...]` with any batch for a model written with `N` and exactly the declared
+    /// batch otherwise ([`RuntimeError::InputShape`]). A [`Tensor`] is always one
+    /// contiguous row-major buffer holding exactly the product of its shape (its
+    /// constructors refuse anything else), so a strided or short buffer cannot reach a
+    /// kernel. An empty batch gives empty outputs.
     pub fn run(&mut self, input: &Tensor) -> Result<Tensor, RuntimeError> {
         Ok(self.run_all(input)?.swap_remove(0))
     }

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use bnc_compiler::Tensor;
 use bnc_compiler::codegen::{CodegenError, JitKernels, KernelFn, KernelSpec, pack_weight};
-use bnc_compiler::ir::Graph;
+use bnc_compiler::ir::{Graph, NodeKind, Op};
 use bnc_compiler::lower::LowerError;
 use bnc_compiler::lower::train::{TrainLayer, TrainPlan, plan};
 use bnc_compiler::passes::{Mode, PassError, PassManager};
@@ -270,6 +270,33 @@ fn flip_conv(w: &[f32], shape: &[usize]) -> Vec<f32> {
     out
 }
 
+/// Refuses a layer whose weight, bias or BatchNorm parameter is a computed value (a
+/// hand-folded `channel_scale(w, s)`, say) rather than a parameter: the trainer updates
+/// parameters in place, so it cannot train through such an expression.
+fn computed_params(g: &Graph, plan: &TrainPlan) -> Result<(), LowerError> {
+    for l in &plan.layers {
+        let bn =
+            l.bn.iter()
+                .flat_map(|b| [&b.gamma, &b.beta, &b.running_mean, &b.running_var]);
+        let mut names = std::iter::once(&l.weight).chain(&l.bias).chain(bn);
+        let is_param = |name: &String| {
+            g.lookup(name)
+                .is_some_and(|id| matches!(g.node(id).kind, NodeKind::Param))
+        };
+        if names.all(is_param) {
+            continue;
+        }
+        let node = l.name.split('+').next().unwrap_or(&l.name);
+        let op = g.lookup(node).and_then(|id| g.node(id).op());
+        return Err(LowerError::Unsupported {
+            node: node.to_string(),
+            op: op.map_or("layer", Op::name),
+            hint: "training needs its weight, bias and BatchNorm statistics to be parameters, not computed values",
+        });
+    }
+    Ok(())
+}
+
 impl Trainer {
     /// Compiles `model` (as parsed) for training with `params` (every parameter, running
     /// statistics included, in PyTorch layout).
@@ -382,6 +409,13 @@ impl Trainer {
 
     /// One SGD step on a batch: `images` is `f32[b, ...input dims]` flattened, `labels` has
     /// `b <= cfg.batch` entries in `0..classes`.
+    ///
+    /// Everything is checked before any native code runs. The element types are fixed by
+    /// the signature (`f32` images, `i32` labels), and plain slices are contiguous, so what
+    /// can be wrong is checked here: an empty batch or one larger than `cfg.batch`
+    /// ([`TrainError::BatchSize`]), an image buffer that does not hold exactly one image per
+    /// label ([`TrainError::Images`]), and a label outside `0..classes`
+    /// ([`TrainError::Label`]).
     pub fn step(&mut self, images: &[f32], labels: &[i32]) -> Result<StepStats, TrainError> {
         self.step_with(images, labels, None)
     }
@@ -594,7 +628,9 @@ fn train_plan(model: &Graph) -> Result<TrainPlan, TrainError> {
     let mut g = model.clone();
     PassManager::new(&["infer-shapes", "lower-batch-norm", "attach-loss", "dce"])?
         .run(&mut g, Mode::Train)?;
-    Ok(plan(&g)?)
+    let plan = plan(&g)?;
+    computed_params(&g, &plan)?;
+    Ok(plan)
 }
 
 fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {

@@ -238,7 +238,7 @@ impl ParamStore {
             path: path.to_path_buf(),
             source,
         })?;
-        ParamStore::decode(&bytes, path).map(|(store, _)| store)
+        ParamStore::decode(&bytes, path)
     }
 
     /// Reads a file like [`ParamStore::load`], and also returns the header's metadata
@@ -250,7 +250,7 @@ impl ParamStore {
             path: path.to_path_buf(),
             source,
         })?;
-        ParamStore::decode(&bytes, path)
+        ParamStore::decode_with_metadata(&bytes, path)
     }
 
     /// Writes the store to `path` as safetensors with `{"format": "bnc"}` metadata,
@@ -299,8 +299,15 @@ impl ParamStore {
         })
     }
 
-    /// Parses safetensors bytes; `path` only names the file in errors.
-    fn decode(
+    /// Parses the bytes of a safetensors file holding only `F32` and `I32` tensors; `path`
+    /// only names the file in errors. Never panics, and allocates no more than the bytes
+    /// hold: every tensor's extent is checked against the input before it is copied.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<ParamStore, WeightsError> {
+        ParamStore::decode_with_metadata(bytes, path).map(|(store, _)| store)
+    }
+
+    /// [`ParamStore::decode`], also returning the header's metadata.
+    fn decode_with_metadata(
         bytes: &[u8],
         path: &Path,
     ) -> Result<(ParamStore, BTreeMap<String, String>), WeightsError> {

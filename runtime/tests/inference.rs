@@ -213,3 +213,71 @@ fn an_empty_batch_gives_an_empty_output() {
     let y = m.run(&Tensor::zeros(&[0, 1, 28, 28])).unwrap();
     assert_eq!(y.shape(), &[0, 10]);
 }
+
+/// Every way an input tensor can be wrong is a typed error before any kernel runs: rank,
+/// image size, element type, a scalar, and the batch of a model that declares a fixed one.
+/// Wrong lengths and strided views cannot be expressed: a `Tensor` is one contiguous buffer
+/// of exactly the product of its shape, and a shape whose product overflows is refused.
+#[test]
+fn every_input_misuse_is_a_typed_error() {
+    let mut m = bound("mlp_bn");
+    let shape_err = |m: &mut InferenceModel, t: &Tensor| match m.run(t) {
+        Err(RuntimeError::InputShape { got, .. }) => got,
+        other => panic!("expected an input shape error, got {other:?}"),
+    };
+    assert_eq!(shape_err(&mut m, &Tensor::scalar(1.0)), Vec::<usize>::new());
+    assert_eq!(shape_err(&mut m, &Tensor::zeros(&[2, 784])), [2, 784]);
+    assert_eq!(
+        shape_err(&mut m, &Tensor::zeros(&[2, 1, 28, 28, 1])),
+        [2, 1, 28, 28, 1]
+    );
+    assert_eq!(
+        shape_err(&mut m, &Tensor::zeros(&[2, 28, 1, 28])),
+        [2, 28, 1, 28]
+    );
+    let e = m
+        .run(&Tensor::new_i32(vec![2, 1, 28, 28], vec![0; 1568]).unwrap())
+        .unwrap_err();
+    assert_eq!(e.to_string(), "input `x` must be f32, got i32");
+    // A batch of 2^60 images in an empty buffer would wrap the element count to zero.
+    assert!(Tensor::new(vec![1 << 60, 1, 28, 28], vec![]).is_none());
+    // After all those refusals the model still runs.
+    assert_eq!(
+        m.run(&Tensor::zeros(&[3, 1, 28, 28])).unwrap().shape(),
+        &[3, 10]
+    );
+
+    // A model that declares its batch accepts exactly that batch.
+    let src = "input x: f32[4,3]\nfc = dense(x, units=2)\noutput fc\n";
+    let g = parse(src).unwrap();
+    let mut fixed = InferenceModel::compile(&g, &CompileConfig::default()).unwrap();
+    fixed
+        .bind(&init_params(&typed(&g), 0).into_iter().collect())
+        .unwrap();
+    assert_eq!(fixed.run(&Tensor::zeros(&[4, 3])).unwrap().shape(), &[4, 2]);
+    let e = fixed.run(&Tensor::zeros(&[2, 3])).unwrap_err();
+    assert_eq!(e.to_string(), "input `x` has shape [2, 3], expected [4,3]");
+    assert!(fixed.profile(&Tensor::zeros(&[5, 3])).is_err());
+}
+
+/// Models the native backend cannot run are refused at compile time, not at run time: a
+/// scalar input (no batch axis) and an `i32` input.
+#[test]
+fn inputs_without_a_batch_axis_or_of_i32_are_refused_at_compile_time() {
+    let cfg = CompileConfig::default();
+    let scalar = parse("input x: f32[]\ny = relu(x)\noutput y\n").unwrap();
+    let e = InferenceModel::compile(&scalar, &cfg)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        e.to_string(),
+        "`x`: the native backend cannot compile this input; \
+         the input needs a batch axis (a rank of at least 1)"
+    );
+    let ints = parse("input x: i32[N,4]\ny = flatten(x)\noutput y\n").unwrap();
+    let e = InferenceModel::compile(&ints, &cfg).err().expect("refused");
+    assert_eq!(
+        e.to_string(),
+        "the inference backend needs exactly one f32 graph input, found 0"
+    );
+}

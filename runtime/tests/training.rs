@@ -249,6 +249,50 @@ fn bad_batches_are_refused() {
         e.to_string(),
         "label 10 at index 0 is out of range for 10 classes"
     );
+    let e = t.step(&[0.0; 784], &[-1]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "label -1 at index 0 is out of range for 10 classes"
+    );
+    let e = t.step(&[], &[]).unwrap_err();
+    assert_eq!(e.to_string(), "batch of 0 images, expected 1 to 4");
+    // One float short, one float over, and images for another batch size.
+    for len in [784 * 2 - 1, 784 * 2 + 1, 784 * 3] {
+        let e = t.step(&vec![0.0; len], &[0, 1]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{len} floats of images for 2 labels; expected 784 per image")
+        );
+    }
+    // Nothing was half-applied: a valid step still matches a fresh trainer's.
+    let (images, labels) = batch(&mut SplitMix64::new(3), 2);
+    let mut fresh = Trainer::new(&model, to_store(&init_params(&g, 1)), &cfg).unwrap();
+    assert_eq!(
+        t.step(&images, &labels).unwrap(),
+        fresh.step(&images, &labels).unwrap()
+    );
+}
+
+/// A layer whose weight is computed (a hand-folded `channel_scale`) cannot be trained in
+/// place: the trainer says so instead of reporting a missing tensor.
+#[test]
+fn computed_weights_are_refused() {
+    let src = "input x: f32[N,3]\nparam s: f32[2]\nparam w: f32[2,3]\n\
+               ws = channel_scale(w, s)\nfc = dense(x, ws, units=2, bias=false)\noutput fc\n";
+    let (model, g) = graphs(src);
+    let cfg = TrainConfig {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        threads: 1,
+        batch: 2,
+    };
+    let e = Trainer::new(&model, to_store(&init_params(&g, 1)), &cfg).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`fc`: the native backend cannot compile this dense; training needs its weight, \
+         bias and BatchNorm statistics to be parameters, not computed values"
+    );
 }
 
 /// One epoch of LeNet-BN (lr 1.0, batch 256, Xavier init) on Fashion-MNIST reaches a test

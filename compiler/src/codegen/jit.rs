@@ -11,7 +11,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 
 use super::loop_ir::Kernel;
-use super::{CodegenError, KernelSpec, emit, kernels, validate};
+use super::{CodegenError, KernelSpec, bounds, emit, kernels, validate};
 
 /// The machine-level signature of every kernel (see the module docs of `codegen`).
 type RawKernel = unsafe extern "C" fn(bufs: *const *mut f32, n_begin: i64, n_end: i64);
@@ -121,6 +121,11 @@ impl JitKernels {
         let mut fctx = FunctionBuilderContext::new();
         let mut pending: Vec<(FuncId, KernelSpec, u32, String, Option<String>)> = Vec::new();
         for (i, (spec, kernel)) in lowered.into_iter().enumerate() {
+            // Every access in bounds for the spec's buffer lengths (see `bounds`); too slow
+            // to pay on every release compile, and the tests run it over every kernel kind.
+            if cfg!(debug_assertions) {
+                bounds::check(&spec, &kernel)?;
+            }
             let ptr = module.target_config().pointer_type();
             ctx.func.signature.params.extend([
                 AbiParam::new(ptr),

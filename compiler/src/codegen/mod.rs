@@ -15,7 +15,15 @@
 //! disjoint ranges and call the same kernel at once. Dense weights are expected in the packed
 //! layout of [`pack_weight`]; all other buffers are in PyTorch layout. No kernel needs scratch
 //! memory from the caller: the fused conv+pool kernel keeps its few rows on its own stack.
+//!
+//! # Bounds
+//!
+//! No kernel reads or writes outside its buffers: [`bounds`] derives from the loop IR the
+//! largest and smallest index each kernel touches in each buffer and checks it against
+//! [`KernelSpec::buffer_lens`]. [`JitKernels`] does this for every kernel it compiles in
+//! debug builds; the runtime checks the buffers it passes against `buffer_lens`.
 
+pub mod bounds;
 mod emit;
 mod jit;
 mod kernels;
@@ -26,6 +34,8 @@ mod reference_train;
 mod spec;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bounds;
 #[cfg(test)]
 mod tests_train;
 
@@ -341,6 +351,24 @@ pub enum CodegenError {
         kernel: String,
         /// The broken invariant.
         reason: &'static str,
+    },
+    /// A kernel would read or write outside a buffer ([`bounds::check`]); this is a
+    /// lowering bug, caught before the kernel is compiled.
+    #[error(
+        "kernel {kernel}: buffer {buffer} is accessed at element {index} \
+         but holds {len} floats for a batch of {batch}"
+    )]
+    OutOfBounds {
+        /// The kernel's name.
+        kernel: String,
+        /// The buffer: its name in the spec's calling order, or `local N`.
+        buffer: String,
+        /// The offending element index.
+        index: i64,
+        /// The buffer's length in floats.
+        len: usize,
+        /// The batch size checked.
+        batch: usize,
     },
     /// [`JitKernels::run`] got the wrong number of buffers.
     #[error("kernel {index}: expected {expected} buffers, got {got}")]

@@ -2,7 +2,7 @@
 //! value, so a `NodeId` also names that value. Edges run from an operand to its user and
 //! carry the operand slot; operands are always read back by slot, never in edge order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use petgraph::Direction;
@@ -287,12 +287,62 @@ impl Graph {
     }
 
     /// Whether a node's value depends on parameters only (no input): such values are
-    /// computed once when weights are bound, not per batch.
+    /// computed once when weights are bound, not per batch. To ask about many nodes, use
+    /// [`Graph::param_only`], which answers for all of them in one pass.
     pub fn is_param_only(&self, id: NodeId) -> bool {
-        match self.node(id).kind {
-            NodeKind::Param => true,
-            NodeKind::Input => false,
-            NodeKind::Op(_) => self.operands(id).into_iter().all(|o| self.is_param_only(o)),
+        let mut memo = HashMap::new();
+        self.visit_param_only(id, &mut memo);
+        memo.get(&id) == Some(&Some(true))
+    }
+
+    /// Every node whose value depends on parameters only (see [`Graph::is_param_only`]).
+    pub fn param_only(&self) -> HashSet<NodeId> {
+        let mut memo = HashMap::new();
+        for id in self.node_ids() {
+            self.visit_param_only(id, &mut memo);
+        }
+        memo.into_iter()
+            .filter_map(|(id, v)| (v == Some(true)).then_some(id))
+            .collect()
+    }
+
+    /// Decides `is_param_only` for `root` and everything it depends on, recording each
+    /// answer in `memo` (`None` while a node's operands are being decided). The walk is
+    /// iterative and visits each node once, so neither a chain of a million ops nor a
+    /// value shared by every later one (`w2 = f(w1, w1)`, `w3 = f(w2, w2)`, ...) can
+    /// overflow the stack or take exponential time; a node on a cycle counts as
+    /// depending on an input.
+    fn visit_param_only(&self, root: NodeId, memo: &mut HashMap<NodeId, Option<bool>>) {
+        let mut stack = vec![(root, false)];
+        while let Some((id, operands_done)) = stack.pop() {
+            if operands_done {
+                let all = self
+                    .operand_slots(id)
+                    .iter()
+                    .all(|(_, o)| memo.get(o) == Some(&Some(true)));
+                memo.insert(id, Some(all));
+                continue;
+            }
+            if memo.contains_key(&id) {
+                continue;
+            }
+            match self.node(id).kind {
+                NodeKind::Param => {
+                    memo.insert(id, Some(true));
+                }
+                NodeKind::Input => {
+                    memo.insert(id, Some(false));
+                }
+                NodeKind::Op(_) => {
+                    memo.insert(id, None);
+                    stack.push((id, true));
+                    for (_, o) in self.operand_slots(id) {
+                        if !memo.contains_key(&o) {
+                            stack.push((o, false));
+                        }
+                    }
+                }
+            }
         }
     }
 

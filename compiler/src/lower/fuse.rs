@@ -55,9 +55,10 @@ pub fn fuse(g: &Graph) -> Result<Vec<Group>, LowerError> {
     let order = g.topo_order().unwrap_or_default();
     let mut taken = std::collections::HashSet::new();
     let mut groups = Vec::new();
+    let param_only = g.param_only();
     for id in order {
         let Some(op) = g.node(id).op() else { continue };
-        if taken.contains(&id) || g.is_param_only(id) {
+        if taken.contains(&id) || param_only.contains(&id) {
             continue;
         }
         let mut nodes = vec![id];

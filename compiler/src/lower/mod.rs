@@ -105,6 +105,9 @@ pub struct Plan {
     pub input_name: String,
     /// The input's shape for one image.
     pub input_dims: Vec<usize>,
+    /// The input's batch size when the model declares it fixed (`f32[32,1,28,28]`); `None`
+    /// for the symbolic `N`.
+    pub input_batch: Option<usize>,
     /// The outputs.
     pub outputs: Vec<PlanOutput>,
 }
@@ -147,9 +150,9 @@ fn ty(g: &Graph, id: NodeId) -> Result<&TensorType, LowerError> {
     })
 }
 
-/// Per-image dims (without the batch axis).
+/// Per-image dims (without the batch axis; none for a scalar).
 fn image_dims(t: &TensorType) -> Vec<usize> {
-    t.concrete(1)[1..].to_vec()
+    t.concrete(1).get(1..).unwrap_or_default().to_vec()
 }
 
 fn chw(t: &TensorType) -> (usize, usize, usize) {
@@ -188,11 +191,24 @@ fn pool2d(op: &Op) -> Option<Pool2d> {
 /// Lowers a typed inference graph (after `fold-bn` or `bn-scale-shift`) to a plan.
 pub fn lower(g: &Graph) -> Result<Plan, LowerError> {
     let inputs = g.inputs();
+    let is_f32 = |i: NodeId| ty(g, i).is_ok_and(|t| t.dtype == crate::DType::F32);
     let [input] = inputs[..] else {
         return Err(LowerError::Inputs {
             found: inputs.len(),
         });
     };
+    if !is_f32(input) {
+        // One input, but not an f32 tensor the kernels could read.
+        return Err(LowerError::Inputs { found: 0 });
+    }
+    if ty(g, input)?.dims.is_empty() {
+        // A scalar input has no batch axis to split over images.
+        return Err(LowerError::Unsupported {
+            node: g.node(input).name.clone(),
+            op: "input",
+            hint: "the input needs a batch axis (a rank of at least 1)",
+        });
+    }
     let groups = fuse(g)?;
     let mut weights: Vec<Weight> = Vec::new();
     let mut weight_of: HashMap<(NodeId, bool), usize> = HashMap::new();
@@ -381,6 +397,7 @@ pub fn lower(g: &Graph) -> Result<Plan, LowerError> {
         weights,
         input_name: g.node(input).name.clone(),
         input_dims: image_dims(ty(g, input)?),
+        input_batch: ty(g, input)?.dims.first().and_then(|d| d.fixed()),
         outputs,
     })
 }

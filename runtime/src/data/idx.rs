@@ -4,7 +4,9 @@
 //! dimensions as big-endian `u32`, then the elements in row-major order. Fashion-MNIST
 //! only uses the unsigned-byte type (`0x08`), so that is the only type accepted. A file
 //! whose first two bytes are the gzip magic (`0x1f 0x8b`) is decompressed on the fly; the
-//! IDX magic starts with `0x00`, so the two can never be confused.
+//! IDX magic starts with `0x00`, so the two can never be confused. As `gunzip` does, a
+//! file of several gzip members decompresses to their concatenation; bytes after the last
+//! member that are not another member are a corrupt stream, not silently ignored.
 //!
 //! The reader trusts nothing: the element count a header claims is capped at
 //! [`MAX_ELEMENTS`] before anything is allocated, the data buffer only ever grows with
@@ -14,7 +16,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 
 use super::DataError;
 
@@ -67,7 +69,7 @@ pub fn read_idx(path: &Path, ndims: usize) -> Result<IdxArray, DataError> {
 /// rank `ndims`; `path` only names the file in errors.
 pub fn parse_idx(bytes: &[u8], path: &Path, ndims: usize) -> Result<IdxArray, DataError> {
     if bytes.starts_with(&GZIP_MAGIC) {
-        let mut decoder = GzDecoder::new(bytes);
+        let mut decoder = MultiGzDecoder::new(bytes);
         parse_stream(&mut decoder, path, ndims, Source::Gzip)
     } else {
         let mut reader = bytes;
@@ -317,6 +319,25 @@ mod tests {
             parse_err(&just_under, 2),
             "x.idx: truncated data: expected 268435456 bytes, got 0"
         );
+    }
+
+    /// A file of two gzip members is their concatenation (here: two bytes too many); bytes
+    /// after the gzip stream are corrupt data, not silently dropped.
+    #[test]
+    fn gzip_members_and_trailing_garbage() {
+        let head = gzip(&idx_bytes(TYPE_U8, &[2], &[1, 2]));
+        let two = [head.clone(), gzip(&[3, 4])].concat();
+        assert_eq!(
+            parse_err(&two, 1),
+            "x.idx: 2 trailing bytes after the 2 data bytes the header declares"
+        );
+        let split = [gzip(&idx_bytes(TYPE_U8, &[2], &[1])), gzip(&[2])].concat();
+        assert_eq!(
+            parse_idx(&split, Path::new("x"), 1).expect("valid").data(),
+            &[1, 2]
+        );
+        let garbage = [head, b"garbage".to_vec()].concat();
+        assert!(parse_err(&garbage, 1).starts_with("x.idx: corrupt gzip stream: "));
     }
 
     /// A zero dimension is a valid, empty array.
