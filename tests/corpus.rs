@@ -9,8 +9,11 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
+/// A reader as the fuzz targets call it: bytes in, a one-line outcome out.
+type Reader = fn(&[u8]) -> String;
+
 /// The corpus directories and the reader each one feeds.
-const READERS: [(&str, fn(&[u8]) -> String); 3] = [
+const READERS: [(&str, Reader); 3] = [
     ("ir", bnc::fuzzing::ir),
     ("safetensors", bnc::fuzzing::safetensors),
     ("idx", bnc::fuzzing::idx),
