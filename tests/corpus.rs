@@ -9,7 +9,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-/// A reader under test: its outcome on some bytes, described.
+/// A reader as the fuzz targets call it: bytes in, a one-line outcome out.
 type Reader = fn(&[u8]) -> String;
 
 /// The corpus directories and the reader each one feeds.

@@ -287,6 +287,28 @@ impl InferenceModel {
             self.capacity = chunk;
         }
         let in_len: usize = self.plan.input_dims.iter().product();
+        // Every buffer a kernel gets must hold what its spec says it touches for this
+        // thread's images (`codegen::bounds` checks the kernels against the same lengths).
+        for (t, &(n0, n1)) in ranges.iter().enumerate() {
+            for (index, k) in self.plan.kernels.iter().enumerate() {
+                let needed = k.spec.buffer_lens(n1 - n0);
+                for (buffer, (arg, &expected)) in k.args.iter().zip(&needed).enumerate() {
+                    let got = match *arg {
+                        Arg::Input => input.len().saturating_sub(n0 * in_len),
+                        Arg::Slot(s) => self.slots[t].get(s).map_or(0, Vec::len),
+                        Arg::Weight(w) => weights.get(w).map_or(0, Vec::len),
+                    };
+                    if got < expected {
+                        return Err(RuntimeError::Codegen(CodegenError::BufferLen {
+                            index,
+                            buffer,
+                            expected,
+                            got,
+                        }));
+                    }
+                }
+            }
+        }
         let weight_ptrs: Vec<Ptr> = weights.iter_mut().map(|w| Ptr(w.as_mut_ptr())).collect();
         let kernels: Vec<bnc_compiler::codegen::KernelFn> =
             (0..self.jit.len()).map(|i| self.jit.kernel(i)).collect();
@@ -325,7 +347,9 @@ impl InferenceModel {
                 // SAFETY: `self.jit` outlives this call. The input was checked against the
                 // plan's shape and its pointer starts at this thread's first image; the
                 // activation buffers are this thread's own, sized for `chunk >= n1 - n0`
-                // images; weights are only read. Kernels touch images `0..n1 - n0` only.
+                // images; weights are only read. Every buffer was checked above to hold the
+                // spec's `buffer_lens(n1 - n0)`, and kernels touch nothing beyond those
+                // (`codegen::bounds`).
                 unsafe { f.call(&raw, 0, n1 - n0) };
                 if let Some(t) = times.as_deref_mut() {
                     t[i] += start.elapsed();
