@@ -47,3 +47,28 @@ fn every_corpus_file_gives_ok_or_a_typed_error() {
     assert!(panics.is_empty(), "readers panicked on {panics:?}");
     insta::assert_snapshot!("corpus_outcomes", listing);
 }
+
+/// Prints the outcome of every file in `$BNC_CORPUS_DIR` for reader `$BNC_CORPUS_READER`
+/// (`ir`, `safetensors` or `idx`), one `file: outcome` line each, to pick fuzzer finds
+/// worth committing (`docs/FUZZING.md`). Run with `-- --ignored --nocapture`.
+#[test]
+#[ignore = "a tool for curating the corpus, not a test"]
+fn classify_a_directory() {
+    let (Ok(dir), Ok(reader)) = (
+        std::env::var("BNC_CORPUS_DIR"),
+        std::env::var("BNC_CORPUS_READER"),
+    ) else {
+        eprintln!("set BNC_CORPUS_DIR and BNC_CORPUS_READER");
+        return;
+    };
+    let read = READERS
+        .iter()
+        .find(|(name, _)| *name == reader)
+        .map(|(_, read)| read)
+        .expect("a reader name: ir, safetensors or idx");
+    for entry in std::fs::read_dir(&dir).expect("a directory") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("file");
+        println!("{}\t{}\t{}", path.display(), bytes.len(), read(&bytes));
+    }
+}

@@ -278,6 +278,6 @@ fn inputs_without_a_batch_axis_or_of_i32_are_refused_at_compile_time() {
     let e = InferenceModel::compile(&ints, &cfg).err().expect("refused");
     assert_eq!(
         e.to_string(),
-        "the inference backend needs exactly one f32 graph input, found 0"
+        "the native backend needs exactly one f32 graph input, found 0"
     );
 }

@@ -1,5 +1,5 @@
 //! Random-graph differential testing: models drawn from the whole op set, with BatchNorm in
-//! every position (see `random_graphs/generator.rs`), each checked five ways against the
+//! every position (see `random_graphs/generator.rs`, rendered to text by `render.rs`), each checked five ways against the
 //! reference interpreter:
 //!
 //! 1. the inference pipelines, with and without `fold-bn`: interpreter before vs after;
@@ -25,6 +25,8 @@
 
 #[path = "random_graphs/generator.rs"]
 mod generator;
+#[path = "random_graphs/render.rs"]
+mod render;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -321,7 +321,7 @@ const SIGMOID_AVG2: Epilogue = Epilogue {
     }),
 };
 
-fn lenet() -> [KernelSpec; 5] {
+pub(super) fn lenet() -> [KernelSpec; 5] {
     let dense = |in_f, out_f, act| KernelSpec::Dense {
         in_f,
         out_f,

@@ -361,3 +361,19 @@ fn malformed_index_arithmetic_is_reported() {
         "kernel bad: malformed loop ir: use of an unbound index variable"
     );
 }
+
+/// How long the bounds check of the LeNet-BN inference kernels takes next to compiling
+/// them, on this build; run with `-- --ignored --nocapture` (in a debug build, where
+/// `JitKernels` runs the check on every compile, this is its cost).
+#[test]
+#[ignore = "timing, not a test"]
+fn bounds_check_cost() {
+    let specs = super::tests::lenet();
+    let start = std::time::Instant::now();
+    bounds::check_specs(&specs).unwrap();
+    let check = start.elapsed();
+    let start = std::time::Instant::now();
+    JitKernels::compile(&specs).unwrap();
+    let compile = start.elapsed();
+    println!("bounds check {check:?}, compile (check included in debug builds) {compile:?}");
+}

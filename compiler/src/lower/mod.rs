@@ -37,7 +37,7 @@ pub enum LowerError {
         node: String,
     },
     /// The graph must have exactly one input.
-    #[error("the inference backend needs exactly one f32 graph input, found {found}")]
+    #[error("the native backend needs exactly one f32 graph input, found {found}")]
     Inputs {
         /// How many inputs there are.
         found: usize,
