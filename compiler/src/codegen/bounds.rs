@@ -290,7 +290,15 @@ impl Exec<'_> {
                 self.val(b)?;
                 self.val(c)
             }
-            Val::Exp(x) => self.val(x),
+            Val::Exp(x) | Val::ExpNeg(x) => self.val(x),
+            Val::PairSum { buf, idx } => {
+                for lane in 0..self.lanes() {
+                    let i = self.eval(idx, lane)?;
+                    self.extent(*buf)?.record(i, false);
+                    self.extent(*buf)?.record(i + 1, false);
+                }
+                Ok(())
+            }
             Val::Select { a, b, .. } => {
                 self.val(a)?;
                 self.val(b)

@@ -126,6 +126,11 @@ fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Little-endian lane order for vector bitcasts.
+fn lane_order() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
+}
+
 impl Emitter<'_, '_> {
     fn bad(&self, reason: &'static str) -> CodegenError {
         CodegenError::MalformedLoopIr {
@@ -580,6 +585,36 @@ impl Emitter<'_, '_> {
         Ok(result)
     }
 
+    /// `buf[idx] + buf[idx + 1]` (see [`Val::PairSum`]).
+    fn pair_sum(&mut self, buf: Buf, idx: &Idx) -> Result<Value, CodegenError> {
+        let next = idx.clone() + 1usize;
+        if !self.vec || self.stride(idx)? != Some(2) {
+            let a = self.load(buf, idx, &[])?;
+            let b = self.load(buf, &next, &[])?;
+            return Ok(self.b.ins().fadd(a, b));
+        }
+        // Lanes j of the pairs are elements 2j and 2j + 1 of the 8 contiguous floats.
+        let (p, off) = self.addr(buf, idx, 0)?;
+        let lo = self.b.ins().load(types::F32X4, flags(), p, off);
+        let (p, off) = self.addr(buf, idx, 2)?;
+        let hi = self.b.ins().load(types::F32X4, flags(), p, off);
+        let pick = |s: &mut Self, first: u8| {
+            let bytes: Vec<u8> = (0..4u8)
+                .flat_map(|j| (0..4u8).map(move |k| (first + 2 * j) * 4 + k))
+                .collect();
+            let mask = s.b.func.dfg.immediates.push(bytes.into());
+            let (a, b) = (
+                s.b.ins().bitcast(types::I8X16, lane_order(), lo),
+                s.b.ins().bitcast(types::I8X16, lane_order(), hi),
+            );
+            let x = s.b.ins().shuffle(a, b, mask);
+            s.b.ins().bitcast(types::F32X4, lane_order(), x)
+        };
+        let even = pick(self, 0);
+        let odd = pick(self, 1);
+        Ok(self.b.ins().fadd(even, odd))
+    }
+
     fn val(&mut self, v: &Val) -> Result<Value, CodegenError> {
         let ty = self.fty();
         Ok(match v {
@@ -620,6 +655,11 @@ impl Emitter<'_, '_> {
                 let x = self.val(x)?;
                 math::exp(self.b, x)
             }
+            Val::ExpNeg(x) => {
+                let x = self.val(x)?;
+                math::exp_signed(self.b, x, true)
+            }
+            Val::PairSum { buf, idx } => self.pair_sum(*buf, idx)?,
             Val::FromIdx(idx) => {
                 if !self.vec || self.stride(idx)? == Some(0) {
                     let i = self.idx_value(idx, 0)?;

@@ -188,6 +188,17 @@ pub enum Val {
     Fma(Box<Val>, Box<Val>, Box<Val>),
     /// `exp(x)` by an inlined polynomial (see `math.rs`).
     Exp(Box<Val>),
+    /// `exp(-x)`, as cheap as `exp(x)` (see `math.rs`).
+    ExpNeg(Box<Val>),
+    /// `buf[idx] + buf[idx + 1]`, unguarded. Where `idx` steps by 2 per lane (a 2-wide,
+    /// stride-2 pooling window) a vector of it is two contiguous loads and two `shufps`
+    /// instead of an 8-lane gather.
+    PairSum {
+        /// The buffer read.
+        buf: Buf,
+        /// The first element of each pair.
+        idx: Idx,
+    },
     /// An index value converted to float.
     FromIdx(Idx),
     /// `a` where every guard holds, else `b` (both are evaluated).
@@ -221,6 +232,10 @@ impl Val {
     /// `exp(self)`.
     pub fn exp(self) -> Val {
         Val::Exp(Box::new(self))
+    }
+    /// `exp(-self)`.
+    pub fn exp_neg(self) -> Val {
+        Val::ExpNeg(Box::new(self))
     }
 }
 

@@ -32,7 +32,7 @@ pub(super) fn act(x: Val, a: Activation) -> Val {
         Activation::None => x,
         Activation::Relu => Val::bin(BinOp::Max, x, Val::Const(0.0)),
         Activation::Sigmoid => {
-            let e = (x * Val::Const(-1.0)).exp();
+            let e = x.exp_neg();
             Val::bin(BinOp::Div, Val::Const(1.0), e + Val::Const(1.0))
         }
         Activation::Tanh => {
@@ -99,17 +99,25 @@ pub(super) fn pool_plane(
     chans: usize,
     src: impl Fn(Idx, IVar, Idx, Idx, Vec<Guard>) -> Val,
     dst: impl Fn(Idx, Idx, Idx) -> (Buf, Idx),
-    pre: impl FnOnce(&mut KernelBuilder, IVar, Idx, Idx) -> Vec<Stmt>,
+    pre: impl FnOnce(&mut KernelBuilder, IVar, Idx, Idx, LoopKind) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
     let (oh, ow) = pool.out_hw(h, w);
     let [kh, kw] = pool.kernel;
     let [sh, sw] = pool.stride;
     let [pad_h, pad_w] = pool.padding;
     let ph = b.var();
-    // The window rows inside the input: ih = ph*sh - pad_h + ky in [0, h).
-    let ky_lo = Idx::Const(0).max(Idx::from(pad_h) - v(ph) * sh);
-    let ky_hi = Idx::from(kh).min(Idx::from(h + pad_h) - v(ph) * sh);
-    let mut body = pre(b, ph, ky_lo.clone(), ky_hi.clone());
+    // The window rows inside the input: ih = ph*sh - pad_h + ky in [0, h); without row
+    // padding, every row of every window (the rows then unroll).
+    let (ky_lo, ky_hi, ky_kind) = if pad_h == 0 {
+        (Idx::Const(0), Idx::from(kh), LoopKind::Unroll)
+    } else {
+        (
+            Idx::Const(0).max(Idx::from(pad_h) - v(ph) * sh),
+            Idx::from(kh).min(Idx::from(h + pad_h) - v(ph) * sh),
+            LoopKind::Serial,
+        )
+    };
+    let mut body = pre(b, ph, ky_lo.clone(), ky_hi.clone(), ky_kind);
     let fill = match pool.kind {
         PoolKind::Avg => 0.0,
         PoolKind::Max => f32::NEG_INFINITY,
@@ -128,7 +136,7 @@ pub(super) fn pool_plane(
             let guards = Guard::padded(iw.clone(), pad_w, w);
             let x = Val::Select {
                 guards: guards.clone(),
-                a: Box::new(src(v(c), ky, ih, iw, guards)),
+                a: Box::new(src(v(c), ky, ih.clone(), iw, guards)),
                 b: Box::new(Val::Const(fill)),
             };
             let op = if pool.kind == PoolKind::Avg {
@@ -137,12 +145,21 @@ pub(super) fn pool_plane(
                 BinOp::Max
             };
             let get = Val::Get(reg(acc, v(c)));
-            let window = for_(
-                ky,
-                ky_lo.clone(),
-                ky_hi.clone(),
-                LoopKind::Serial,
-                vec![for_(
+            // A 2-wide, stride-2 average window sums each row's pair at once, which a vector
+            // reads as two contiguous loads instead of gathering every other element.
+            let pairs = pool.kind == PoolKind::Avg && kw == 2 && sw == 2 && pad_w == 0;
+            let pair = match pairs.then(|| src(v(c), ky, ih, v(pw) * 2usize, vec![])) {
+                Some(Val::Load { buf, idx, guards }) if guards.is_empty() => {
+                    Some(Val::PairSum { buf, idx })
+                }
+                _ => None,
+            };
+            let row = match pair {
+                Some(p) => Stmt::Set {
+                    reg: reg(acc, v(c)),
+                    val: Val::bin(op, get.clone(), p),
+                },
+                None => for_(
                     kx,
                     0usize,
                     kw,
@@ -151,12 +168,20 @@ pub(super) fn pool_plane(
                         reg: reg(acc, v(c)),
                         val: Val::bin(op, get.clone(), x),
                     }],
-                )],
-            );
+                ),
+            };
+            let window = for_(ky, ky_lo.clone(), ky_hi.clone(), ky_kind, vec![row]);
             let result = match pool.kind {
                 PoolKind::Max => get,
-                PoolKind::Avg if pool.count_include_pad => {
-                    Val::bin(BinOp::Div, get, Val::Const((kh * kw) as f32))
+                PoolKind::Avg if pool.count_include_pad || pool.padding == [0, 0] => {
+                    // Every window has kh*kw elements. A power-of-two count divides exactly
+                    // as a multiplication, which costs a fraction of a vector division.
+                    let n = kh * kw;
+                    if n.is_power_of_two() {
+                        Val::bin(BinOp::Mul, get, Val::Const(1.0 / n as f32))
+                    } else {
+                        Val::bin(BinOp::Div, get, Val::Const(n as f32))
+                    }
                 }
                 PoolKind::Avg => {
                     let kx_lo = Idx::Const(0).max(Idx::from(pad_w) - v(pw) * sw);

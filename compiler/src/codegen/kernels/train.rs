@@ -270,7 +270,7 @@ fn bn_act_pool(
             1,
             src,
             dst,
-            |_, _, _, _| vec![],
+            |_, _, _, _, _| vec![],
         ));
         vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
     });
