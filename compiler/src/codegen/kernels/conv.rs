@@ -1,7 +1,8 @@
 //! Direct 2-d convolution with a fused epilogue, written in loop IR. The output width is on
-//! the vector lanes (for LeNet's conv1 that is 28 pixels, not 6 channels), two vectors of
-//! pixels per trip, and a block of up to five output channels is kept in registers, so each
-//! input vector loaded feeds five FMAs and each broadcast weight feeds two. With a pool in the
+//! the vector lanes (for LeNet's conv1 that is 24 pixels, not 6 channels), two or three
+//! vectors of pixels per trip, and a block of up to five output channels is kept in
+//! registers, so each input vector loaded feeds every channel of the block and each
+//! broadcast weight feeds every pixel vector. With a pool in the
 //! epilogue, the conv rows one pooled row needs are written to a small stack array and then
 //! pooled, so only the pooled tensor reaches memory.
 
@@ -12,11 +13,24 @@ use crate::codegen::loop_ir::{
 };
 use crate::codegen::{Epilogue, KernelSpec, window_out};
 
-/// Output channels per register block: five channels times two F32X4 pixel vectors of
-/// accumulators, two input vectors and a weight broadcast fit the 16 XMM registers Cranelift
-/// allocates. (Blocks of 3 to 6 channels, and three pixel vectors, measured the same on
-/// LeNet's convs; the inner loop is near the FMA rate Cranelift's code reaches.)
-const CHANNEL_BLOCK: usize = 5;
+/// F32X4 pixel vectors per register block of an output row `ow` pixels wide: three where
+/// rows are wide enough to fill them (LeNet's conv1, 24 pixels, measured 9% faster than two),
+/// else two (conv2's 8-pixel rows would leave three-vector blocks empty).
+fn pixel_vectors(ow: usize) -> usize {
+    if ow.is_multiple_of(12) || ow >= 24 {
+        3
+    } else {
+        2
+    }
+}
+
+/// Output channels per register block: the accumulators (channels x pixel vectors), the
+/// input vectors and a weight broadcast must fit the 16 XMM registers Cranelift allocates.
+/// Five channels by two vectors, or four by three, measured best on LeNet's convs (six by
+/// two spilled).
+fn channel_block(ow: usize) -> usize {
+    if pixel_vectors(ow) == 3 { 4 } else { 5 }
+}
 
 /// The largest zero-bordered image copy (in floats) kept on the stack: 64 KiB, well inside
 /// the stack of any thread that runs kernels.
@@ -116,7 +130,7 @@ pub(super) fn conv2d_with(
         epi,
     };
     // Split each group's channels into blocks of nearly equal size (e.g. 16 = 4 + 4 + 4 + 4).
-    let blocks = og.div_ceil(CHANNEL_BLOCK);
+    let blocks = og.div_ceil(channel_block(ow));
     let small = og / blocks;
     let classes = [
         (small + 1, og % blocks, 0),
@@ -230,119 +244,134 @@ impl Conv {
         let [sh, sw] = self.stride;
         let [pad_h, pad_w] = self.padding;
         let (h, w, cg) = (self.h, self.w, self.cg);
-        split_overlapping(b, self.ow, &[8, 4], |b, ox, step| {
-            let nv = (step / 4).max(1);
-            let (acc, xr) = (b.reg(), b.reg());
-            let (cb, u, ci, ky, kx, xrow, wrow) = (
-                b.var(),
-                b.var(),
-                b.var(),
-                b.var(),
-                b.var(),
-                b.var(),
-                b.var(),
-            );
-            let acc_at = || reg(acc, v(cb) * nv + v(u));
-            let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
-            let init = unroll(
-                cb,
-                size,
-                vec![unroll(
-                    u,
-                    nv,
-                    vec![Stmt::Set {
-                        reg: acc_at(),
-                        val: Val::Const(0.0),
-                    }],
-                )],
-            );
-            // Input column ix = ox*sw + kx - pad_w; only padding can take it out of range.
-            let ix = (v(ox) + v(u) * 4usize) * sw + v(kx) - pad_w;
-            let guards = Guard::padded(ix, pad_w, w);
-            let x = Val::Load {
-                buf: self.x,
-                idx: v(xrow) + v(u) * (4 * sw) + v(kx),
-                guards,
-            };
-            let wt = Val::load(Buf::Param(1), v(wrow) + v(cb) * (cg * kh * kw) + v(kx));
-            // Cranelift's vfmadd213 overwrites its first operand, so that operand is a fresh
-            // weight broadcast for every FMA (a load, which the load ports have room for)
-            // rather than a register shared by `nv` FMAs, which would need a copy each.
-            let fma = Val::fma(wt, Val::Get(reg(xr, v(u))), Val::Get(acc_at()));
-            let taps = unroll(
-                kx,
-                kw,
-                vec![
-                    unroll(
+        split_overlapping(
+            b,
+            self.ow,
+            &[4 * pixel_vectors(self.ow), 4],
+            |b, ox, step| {
+                let nv = (step / 4).max(1);
+                let (acc, xr) = (b.reg(), b.reg());
+                let (cb, u, ci, ky, kx, xrow, wrow) = (
+                    b.var(),
+                    b.var(),
+                    b.var(),
+                    b.var(),
+                    b.var(),
+                    b.var(),
+                    b.var(),
+                );
+                let acc_at = || reg(acc, v(cb) * nv + v(u));
+                let unroll = |var, n: usize, body| for_(var, 0usize, n, LoopKind::Unroll, body);
+                let init = unroll(
+                    cb,
+                    size,
+                    vec![unroll(
                         u,
                         nv,
                         vec![Stmt::Set {
-                            reg: reg(xr, v(u)),
-                            val: x,
+                            reg: acc_at(),
+                            val: Val::Const(0.0),
                         }],
-                    ),
-                    unroll(
-                        cb,
-                        size,
-                        vec![unroll(
+                    )],
+                );
+                // Input column ix = ox*sw + kx - pad_w; only padding can take it out of range.
+                let ix = (v(ox) + v(u) * 4usize) * sw + v(kx) - pad_w;
+                let guards = Guard::padded(ix, pad_w, w);
+                let x = Val::Load {
+                    buf: self.x,
+                    idx: v(xrow) + v(u) * (4 * sw) + v(kx),
+                    guards,
+                };
+                let wt = Val::load(Buf::Param(1), v(wrow) + v(cb) * (cg * kh * kw) + v(kx));
+                // One broadcast of each weight feeds the `nv` FMAs of its channel: the vendored
+                // Cranelift accumulates with `vfmadd231ps`, which leaves both multiplicands live.
+                let wr = b.reg();
+                let fma = Val::fma(
+                    Val::Get(reg(wr, 0usize)),
+                    Val::Get(reg(xr, v(u))),
+                    Val::Get(acc_at()),
+                );
+                let taps = unroll(
+                    kx,
+                    kw,
+                    vec![
+                        unroll(
                             u,
                             nv,
                             vec![Stmt::Set {
-                                reg: acc_at(),
-                                val: fma,
+                                reg: reg(xr, v(u)),
+                                val: x,
                             }],
-                        )],
-                    ),
-                ],
-            );
-            // Kernel rows whose input row iy = oy*sh + ky - pad_h lies inside the image. With
-            // no row padding that is every row, and the rows unroll: the loop's index
-            // arithmetic would otherwise cost as much as a fifth of its FMAs.
-            let (ky_lo, ky_hi, ky_kind) = if pad_h == 0 {
-                (Idx::Const(0), Idx::from(kh), LoopKind::Unroll)
-            } else {
-                (
-                    Idx::Const(0).max(Idx::from(pad_h) - oy.clone() * sh),
-                    Idx::from(kh).min(Idx::from(h + pad_h) - oy.clone() * sh),
+                        ),
+                        unroll(
+                            cb,
+                            size,
+                            vec![
+                                Stmt::Set {
+                                    reg: reg(wr, 0usize),
+                                    val: wt,
+                                },
+                                unroll(
+                                    u,
+                                    nv,
+                                    vec![Stmt::Set {
+                                        reg: acc_at(),
+                                        val: fma,
+                                    }],
+                                ),
+                            ],
+                        ),
+                    ],
+                );
+                // Kernel rows whose input row iy = oy*sh + ky - pad_h lies inside the image. With
+                // no row padding that is every row, and the rows unroll: the loop's index
+                // arithmetic would otherwise cost as much as a fifth of its FMAs.
+                let (ky_lo, ky_hi, ky_kind) = if pad_h == 0 {
+                    (Idx::Const(0), Idx::from(kh), LoopKind::Unroll)
+                } else {
+                    (
+                        Idx::Const(0).max(Idx::from(pad_h) - oy.clone() * sh),
+                        Idx::from(kh).min(Idx::from(h + pad_h) - oy.clone() * sh),
+                        LoopKind::Serial,
+                    )
+                };
+                let image = if self.x_image {
+                    n.clone() * self.c_in
+                } else {
+                    Idx::Const(0)
+                };
+                let chan = (image + g.clone() * cg + v(ci)) * h;
+                let lets = vec![
+                    Stmt::Let {
+                        var: xrow,
+                        idx: (chan + oy.clone() * sh + v(ky) - pad_h) * w + v(ox) * sw - pad_w,
+                    },
+                    Stmt::Let {
+                        var: wrow,
+                        idx: (co0.clone() * cg + v(ci)) * (kh * kw) + v(ky) * kw,
+                    },
+                    taps,
+                ];
+                let reduce = for_(
+                    ci,
+                    0usize,
+                    cg,
                     LoopKind::Serial,
-                )
-            };
-            let image = if self.x_image {
-                n.clone() * self.c_in
-            } else {
-                Idx::Const(0)
-            };
-            let chan = (image + g.clone() * cg + v(ci)) * h;
-            let lets = vec![
-                Stmt::Let {
-                    var: xrow,
-                    idx: (chan + oy.clone() * sh + v(ky) - pad_h) * w + v(ox) * sw - pad_w,
-                },
-                Stmt::Let {
-                    var: wrow,
-                    idx: (co0.clone() * cg + v(ci)) * (kh * kw) + v(ky) * kw,
-                },
-                taps,
-            ];
-            let reduce = for_(
-                ci,
-                0usize,
-                cg,
-                LoopKind::Serial,
-                vec![for_(ky, ky_lo, ky_hi, ky_kind, lets)],
-            );
-            let out = self.epi_store(
-                bufs,
-                acc_at(),
-                co0.clone() + v(cb),
-                dst(v(cb), v(ox) + v(u) * 4usize),
-            );
-            vec![
-                init,
-                reduce,
-                unroll(cb, size, vec![unroll(u, nv, vec![out])]),
-            ]
-        })
+                    vec![for_(ky, ky_lo, ky_hi, ky_kind, lets)],
+                );
+                let out = self.epi_store(
+                    bufs,
+                    acc_at(),
+                    co0.clone() + v(cb),
+                    dst(v(cb), v(ox) + v(u) * 4usize),
+                );
+                vec![
+                    init,
+                    reduce,
+                    unroll(cb, size, vec![unroll(u, nv, vec![out])]),
+                ]
+            },
+        )
     }
 
     fn epi_store(
