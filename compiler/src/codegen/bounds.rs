@@ -291,6 +291,14 @@ impl Exec<'_> {
                 self.val(c)
             }
             Val::Exp(x) | Val::ExpNeg(x) => self.val(x),
+            Val::Splatted { buf, idx } => {
+                let i = self.eval(idx, 0)?;
+                let n = if self.lanes() > 1 { 4 } else { 1 };
+                for k in 0..n {
+                    self.extent(*buf)?.record(i + k, false);
+                }
+                Ok(())
+            }
             Val::PairSum { buf, idx } => {
                 for lane in 0..self.lanes() {
                     let i = self.eval(idx, lane)?;

@@ -660,6 +660,14 @@ impl Emitter<'_, '_> {
                 math::exp_signed(self.b, x, true)
             }
             Val::PairSum { buf, idx } => self.pair_sum(*buf, idx)?,
+            Val::Splatted { buf, idx } => {
+                if self.vec && self.stride(idx)? != Some(0) {
+                    return Err(self.bad("a splatted value's index varies across lanes"));
+                }
+                let (p, off) = self.addr(*buf, idx, 0)?;
+                let ty = if self.vec { types::F32X4 } else { types::F32 };
+                self.b.ins().load(ty, flags(), p, off)
+            }
             Val::FromIdx(idx) => {
                 if !self.vec || self.stride(idx)? == Some(0) {
                     let i = self.idx_value(idx, 0)?;

@@ -199,6 +199,16 @@ pub enum Val {
         /// The first element of each pair.
         idx: Idx,
     },
+    /// A value stored pre-broadcast: `buf[idx..idx + 4]` holds four copies of it, which a
+    /// vector reads with one plain load (a broadcast from memory that several FMAs share
+    /// costs Cranelift a scalar load and a shuffle) and a scalar reads the first of. `idx`
+    /// must not depend on the vector loop's variable.
+    Splatted {
+        /// The buffer read.
+        buf: Buf,
+        /// The first of the four copies.
+        idx: Idx,
+    },
     /// An index value converted to float.
     FromIdx(Idx),
     /// `a` where every guard holds, else `b` (both are evaluated).

@@ -36,6 +36,10 @@ fn channel_block(ow: usize) -> usize {
 /// the stack of any thread that runs kernels.
 const PADDED_LOCAL_MAX: usize = 16 * 1024;
 
+/// The largest pre-broadcast weight table (in floats) kept on the stack: 64 KiB, LeNet's
+/// conv2 needs 37.5 KiB.
+const SPLATTED_LOCAL_MAX: usize = 16 * 1024;
+
 /// Zero-fills local `buf` of `len` floats.
 pub(super) fn fill(b: &mut KernelBuilder, buf: Buf, len: usize) -> Vec<Stmt> {
     split_overlapping(b, len, &[8, 4], |b, i, step| {
@@ -70,6 +74,8 @@ struct Conv {
     padding: [usize; 2],
     ow: usize,
     epi: Epilogue,
+    /// The weights, each stored four times (see [`Val::Splatted`]), if they fit the stack.
+    splatted: Option<Buf>,
 }
 
 /// Lowers a `Conv2d` spec.
@@ -128,7 +134,35 @@ pub(super) fn conv2d_with(
         padding: cpad,
         ow,
         epi,
+        splatted: None,
     };
+    // Each weight stored four times, once per call, so that a vector of it is a plain load.
+    let weights = c_out * (c_in / groups) * kernel[0] * kernel[1];
+    let mut conv = conv;
+    let mut splat_fill = Vec::new();
+    if 4 * weights <= SPLATTED_LOCAL_MAX {
+        let table = b.local(4 * weights);
+        let (i, j) = (b.var(), b.var());
+        splat_fill.push(for_(
+            i,
+            0usize,
+            weights,
+            LoopKind::Serial,
+            vec![Stmt::Loop {
+                var: j,
+                lo: 0usize.into(),
+                hi: 4usize.into(),
+                step: 4,
+                kind: LoopKind::Vector,
+                body: vec![Stmt::Store {
+                    buf: table,
+                    idx: v(i) * 4usize + v(j),
+                    val: Val::load(Buf::Param(1), v(i)),
+                }],
+            }],
+        ));
+        conv.splatted = Some(table);
+    }
     // Split each group's channels into blocks of nearly equal size (e.g. 16 = 4 + 4 + 4 + 4).
     let blocks = og.div_ceil(channel_block(ow));
     let small = og / blocks;
@@ -186,6 +220,7 @@ pub(super) fn conv2d_with(
         per_group.push(for_(bi, 0usize, count, LoopKind::Serial, body));
     }
     let (mut body, per_image) = hook(&mut b, n, bufs.out);
+    body.extend(splat_fill);
     let mut image = Vec::new();
     if pad_copy {
         // The border is zeroed once per call; each image overwrites only the interior.
@@ -279,10 +314,17 @@ impl Conv {
                 let guards = Guard::padded(ix, pad_w, w);
                 let x = Val::Load {
                     buf: self.x,
-                    idx: v(xrow) + v(u) * (4 * sw) + v(kx),
+                    idx: v(xrow) + v(ky) * w + v(u) * (4 * sw) + v(kx),
                     guards,
                 };
-                let wt = Val::load(Buf::Param(1), v(wrow) + v(cb) * (cg * kh * kw) + v(kx));
+                let w_at = v(wrow) + v(ky) * kw + v(cb) * (cg * kh * kw) + v(kx);
+                let wt = match self.splatted {
+                    Some(table) => Val::Splatted {
+                        buf: table,
+                        idx: w_at * 4usize,
+                    },
+                    None => Val::load(Buf::Param(1), w_at),
+                };
                 // One broadcast of each weight feeds the `nv` FMAs of its channel: the vendored
                 // Cranelift accumulates with `vfmadd231ps`, which leaves both multiplicands live.
                 let wr = b.reg();
@@ -341,24 +383,20 @@ impl Conv {
                     Idx::Const(0)
                 };
                 let chan = (image + g.clone() * cg + v(ci)) * h;
+                // The row bases are bound once per input channel; a kernel row adds a
+                // constant offset when the rows unroll, which folds into the addressing.
                 let lets = vec![
                     Stmt::Let {
                         var: xrow,
-                        idx: (chan + oy.clone() * sh + v(ky) - pad_h) * w + v(ox) * sw - pad_w,
+                        idx: (chan + oy.clone() * sh - pad_h) * w + v(ox) * sw - pad_w,
                     },
                     Stmt::Let {
                         var: wrow,
-                        idx: (co0.clone() * cg + v(ci)) * (kh * kw) + v(ky) * kw,
+                        idx: (co0.clone() * cg + v(ci)) * (kh * kw),
                     },
-                    taps,
+                    for_(ky, ky_lo, ky_hi, ky_kind, vec![taps]),
                 ];
-                let reduce = for_(
-                    ci,
-                    0usize,
-                    cg,
-                    LoopKind::Serial,
-                    vec![for_(ky, ky_lo, ky_hi, ky_kind, lets)],
-                );
+                let reduce = for_(ci, 0usize, cg, LoopKind::Serial, lets);
                 let out = self.epi_store(
                     bufs,
                     acc_at(),
