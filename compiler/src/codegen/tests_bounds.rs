@@ -51,7 +51,8 @@ fn epilogue(pool_ok: bool) -> impl Strategy<Value = Epilogue> {
         })
 }
 
-/// A spec of any kind with small shapes; windows always fit (`h, w >= 6 > 2 * 3`).
+/// A spec of any kind with small shapes; windows fit the input (`h, w >= 6 > 2 * 3`), though
+/// not always the output of a strided conv.
 fn any_spec() -> impl Strategy<Value = KernelSpec> {
     let hw = (6usize..14, 6usize..14);
     let window = (1usize..4, 1usize..4, 1usize..3, 0usize..2);
@@ -147,7 +148,9 @@ proptest! {
     /// produces, and never writes a buffer it reads.
     #[test]
     fn every_kernel_stays_inside_its_buffers(spec in any_spec(), batch in 1usize..4) {
-        validate(0, &spec).expect("the strategy builds valid specs");
+        // A strided conv can leave fewer rows than its pool's window (the case in
+        // proptest-regressions); such specs are rejected before lowering, so skip them.
+        prop_assume!(validate(0, &spec).is_ok());
         let kernel = kernels::lower(0, &spec);
         bounds::check(&spec, &kernel).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let e = extents(&kernel, batch).expect("well-formed loop ir");

@@ -386,9 +386,11 @@ fn conv_grad_w(
                             size,
                             vec![Stmt::Set {
                                 reg: reg(acc, at(v(c), v(kx))),
+                                // The input load is the second factor: `vfmadd231ps`
+                                // takes it straight from memory.
                                 val: Val::fma(
-                                    xv.clone(),
                                     Val::Get(reg(d, v(c))),
+                                    xv.clone(),
                                     Val::Get(reg(acc, at(v(c), v(kx)))),
                                 ),
                             }],
