@@ -20,7 +20,15 @@ fn model(name: &str, fold: bool, threads: usize) -> InferenceModel {
         .run(&mut typed, Mode::Infer)
         .expect("shapes");
     let params: ParamStore = init_params(&typed, 0).into_iter().collect();
-    let mut m = InferenceModel::compile(&g, &CompileConfig { threads, fold }).expect("compiles");
+    let mut m = InferenceModel::compile(
+        &g,
+        &CompileConfig {
+            threads,
+            fold,
+            ..CompileConfig::default()
+        },
+    )
+    .expect("compiles");
     m.bind(&params).expect("binds");
     m
 }

@@ -162,6 +162,7 @@ fn an_imported_model_compiles_and_runs_natively() {
     let cfg = CompileConfig {
         threads: 1,
         fold: true,
+        ..CompileConfig::default()
     };
     let mut model = InferenceModel::compile(&imported.graph, &cfg).expect("compiles");
     model.bind(&imported.params).expect("binds");

@@ -88,6 +88,9 @@ pub struct CompileConfig {
     pub threads: usize,
     /// Fold BatchNorm into the preceding conv2d/dense (`false`: run it as scale_shift).
     pub fold: bool,
+    /// Keep each kernel's CLIF and machine code as text (see
+    /// [`JitKernels::compile_with_text`]); costs about a quarter of the compile time.
+    pub code_text: bool,
 }
 
 impl Default for CompileConfig {
@@ -95,6 +98,7 @@ impl Default for CompileConfig {
         CompileConfig {
             threads: 1,
             fold: true,
+            code_text: false,
         }
     }
 }
@@ -129,7 +133,11 @@ impl InferenceModel {
         let mut graph = source.clone();
         let steps = PassManager::new(inference_pipeline(cfg.fold))?.run(&mut graph, Mode::Infer)?;
         let plan = lower(&graph)?;
-        let jit = JitKernels::compile(&plan.specs())?;
+        let jit = if cfg.code_text {
+            JitKernels::compile_with_text(&plan.specs())?
+        } else {
+            JitKernels::compile(&plan.specs())?
+        };
         Ok(InferenceModel {
             graph,
             plan,

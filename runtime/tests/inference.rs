@@ -74,7 +74,11 @@ fn jit_matches_the_interpreter_for_every_model() {
         let store: ParamStore = p.clone().into_iter().collect();
         for fold in [true, false] {
             for threads in [1, 2] {
-                let cfg = CompileConfig { threads, fold };
+                let cfg = CompileConfig {
+                    threads,
+                    fold,
+                    ..CompileConfig::default()
+                };
                 let mut m = InferenceModel::compile(&g, &cfg).unwrap();
                 m.bind(&store).unwrap();
                 for batch in [1, 7, 33] {
@@ -123,6 +127,7 @@ fn folded_lenet_bn_runs_exactly_the_kernels_of_lenet() {
         &CompileConfig {
             threads: 1,
             fold: false,
+            ..CompileConfig::default()
         },
     )
     .unwrap();

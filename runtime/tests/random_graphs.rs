@@ -330,7 +330,14 @@ fn check(text: &str, batch: usize, threads: usize, seed: u64) -> Result<Outcome,
     // 3. The JIT in infer mode against the interpreter, with every kernel bounds-checked.
     let has_train_bn = outcome.ops.contains("batch_norm_train");
     for fold in [true, false] {
-        let mut m = match InferenceModel::compile(&g, &CompileConfig { threads, fold }) {
+        let mut m = match InferenceModel::compile(
+            &g,
+            &CompileConfig {
+                threads,
+                fold,
+                ..CompileConfig::default()
+            },
+        ) {
             Ok(m) => m,
             Err(_) if has_train_bn => {
                 outcome.jit_refused = true;

@@ -325,6 +325,7 @@ fn lenet_bn_learns_fashion_mnist_in_one_epoch() {
         &CompileConfig {
             threads: 2,
             fold: true,
+            ..CompileConfig::default()
         },
     )
     .unwrap();

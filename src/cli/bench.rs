@@ -65,6 +65,7 @@ pub fn run(a: BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     let cfg = CompileConfig {
         threads,
         fold: !a.exec.no_fold,
+        ..CompileConfig::default()
     };
     // Parse → JIT-ready, as a user pays it.
     let start = Instant::now();

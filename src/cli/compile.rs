@@ -142,6 +142,7 @@ pub fn run(a: CompileArgs, v: Verbosity) -> anyhow::Result<()> {
             let cfg = CompileConfig {
                 threads: 1,
                 fold: !a.no_fold,
+                code_text: matches!(a.emit, Emit::Clif | Emit::Asm),
             };
             let m = InferenceModel::compile(&source, &cfg)
                 .with_context(|| format!("{file}: cannot generate code"))?;
@@ -252,7 +253,7 @@ fn code(m: &InferenceModel, asm: bool) -> String {
         let text = if asm {
             m.kernels().disasm(i).unwrap_or("; (no disassembly)\n")
         } else {
-            m.kernels().clif(i)
+            m.kernels().clif(i).unwrap_or("; (no CLIF)\n")
         };
         s.push_str(text);
         s.push('\n');

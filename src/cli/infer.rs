@@ -70,6 +70,7 @@ pub fn run(a: RunArgs, v: Verbosity) -> anyhow::Result<()> {
     let cfg = CompileConfig {
         threads: a.exec.threads as usize,
         fold: !a.exec.no_fold,
+        ..CompileConfig::default()
     };
     let mut model =
         InferenceModel::compile(&g, &cfg).with_context(|| format!("{file}: cannot compile"))?;

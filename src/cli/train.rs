@@ -174,6 +174,7 @@ pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
     let infer_cfg = CompileConfig {
         threads: recipe.threads,
         fold: true,
+        ..CompileConfig::default()
     };
     let mut evaluator = InferenceModel::compile(&source, &infer_cfg)
         .with_context(|| format!("{file}: cannot compile"))?;

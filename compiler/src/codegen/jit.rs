@@ -1,7 +1,7 @@
 //! The JIT module that owns compiled kernels. [`JitKernels::compile`] validates the specs,
 //! lowers each to loop IR, emits and compiles them into one Cranelift JIT module for the host
-//! CPU (with its FMA/AVX features), and keeps the CLIF text and disassembly for
-//! `--emit clif` / `--emit asm`. Dropping it frees the machine code, which Cranelift would
+//! CPU (with its FMA/AVX features), and, from [`JitKernels::compile_with_text`], keeps the
+//! CLIF text and disassembly for `--emit clif` / `--emit asm`. Dropping it frees the machine code, which Cranelift would
 //! otherwise leak.
 
 use cranelift_codegen::ir::{AbiParam, types};
@@ -49,7 +49,7 @@ impl KernelFn {
 struct Compiled {
     spec: KernelSpec,
     f: KernelFn,
-    clif: String,
+    clif: Option<String>,
     disasm: Option<String>,
 }
 
@@ -87,8 +87,20 @@ fn module_err(index: usize) -> impl Fn(cranelift_module::ModuleError) -> Codegen
 }
 
 impl JitKernels {
-    /// Compiles all `specs` into one module for the host CPU.
+    /// Compiles all `specs` into one module for the host CPU, without keeping the code as
+    /// text ([`JitKernels::clif`] and [`JitKernels::disasm`] return `None`).
     pub fn compile(specs: &[KernelSpec]) -> Result<JitKernels, CodegenError> {
+        Self::compile_specs(specs, false)
+    }
+
+    /// Compiles like [`JitKernels::compile`] and keeps each kernel's CLIF and machine code as
+    /// text (what `bnc compile --emit clif|asm` prints). Printing them costs about a quarter
+    /// of the compile time, so only this variant does.
+    pub fn compile_with_text(specs: &[KernelSpec]) -> Result<JitKernels, CodegenError> {
+        Self::compile_specs(specs, true)
+    }
+
+    fn compile_specs(specs: &[KernelSpec], text: bool) -> Result<JitKernels, CodegenError> {
         for (i, s) in specs.iter().enumerate() {
             validate(i, s)?;
         }
@@ -97,11 +109,15 @@ impl JitKernels {
             .enumerate()
             .map(|(i, s)| (*s, kernels::lower(i, s)))
             .collect();
-        Self::build(lowered)
+        Self::build(lowered, text)
     }
 
-    /// Compiles loop-IR kernels, each paired with the spec whose buffer layout it follows.
-    pub(crate) fn build(lowered: Vec<(KernelSpec, Kernel)>) -> Result<JitKernels, CodegenError> {
+    /// Compiles loop-IR kernels, each paired with the spec whose buffer layout it follows;
+    /// keeps their code as text if `text`.
+    pub(crate) fn build(
+        lowered: Vec<(KernelSpec, Kernel)>,
+        text: bool,
+    ) -> Result<JitKernels, CodegenError> {
         let mut flags = settings::builder();
         // The optimizer's scheduling spills the register-blocked loops (about 24 vs 40 GFLOP/s
         // measured), and the emitter already folds addresses, so codegen runs unoptimized.
@@ -119,7 +135,9 @@ impl JitKernels {
         let module = this.module.as_mut().expect("set above");
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
-        let mut pending: Vec<(FuncId, KernelSpec, u32, String, Option<String>)> = Vec::new();
+        // (function, spec, buffer count, CLIF text, machine code text) per kernel.
+        type Pending = (FuncId, KernelSpec, u32, Option<String>, Option<String>);
+        let mut pending: Vec<Pending> = Vec::new();
         for (i, (spec, kernel)) in lowered.into_iter().enumerate() {
             // Every access in bounds for the spec's buffer lengths (see `bounds`). It walks
             // every access of three images, so it costs more than compiling (LeNet-BN's
@@ -141,8 +159,8 @@ impl JitKernels {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             emit::emit_kernel(&kernel, &mut b)?;
             b.finalize(module.target_config());
-            let clif = ctx.func.display().to_string();
-            ctx.set_disasm(true);
+            let clif = text.then(|| ctx.func.display().to_string());
+            ctx.set_disasm(text);
             module
                 .define_function(id, &mut ctx)
                 .map_err(module_err(i))?;
@@ -192,12 +210,14 @@ impl JitKernels {
         &self.kernels[i].spec
     }
 
-    /// The CLIF text of kernel `i`, before Cranelift's lowering. Panics if `i >= self.len()`.
-    pub fn clif(&self, i: usize) -> &str {
-        &self.kernels[i].clif
+    /// The CLIF text of kernel `i`, before Cranelift's lowering, if the code was compiled
+    /// [with text](JitKernels::compile_with_text). Panics if `i >= self.len()`.
+    pub fn clif(&self, i: usize) -> Option<&str> {
+        self.kernels[i].clif.as_deref()
     }
 
-    /// The machine code of kernel `i` as Cranelift's VCode text, if it was produced.
+    /// The machine code of kernel `i` as Cranelift's VCode text, if the code was compiled
+    /// [with text](JitKernels::compile_with_text).
     /// Panics if `i >= self.len()`.
     pub fn disasm(&self, i: usize) -> Option<&str> {
         self.kernels[i].disasm.as_deref()

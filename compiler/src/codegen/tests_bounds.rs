@@ -275,7 +275,7 @@ fn out_of_bounds_accesses_are_caught() {
     );
     // The compiler refuses such a kernel in debug builds.
     if cfg!(debug_assertions) {
-        let e = JitKernels::build(vec![(spec, store_kernel(6, 0, 7, false))]).unwrap_err();
+        let e = JitKernels::build(vec![(spec, store_kernel(6, 0, 7, false))], false).unwrap_err();
         assert!(
             matches!(e, CodegenError::OutOfBounds { index: 6, .. }),
             "{e}"
