@@ -235,6 +235,46 @@ fn padded_conv_copy_and_guarded_paths() {
     }
 }
 
+/// Unpadded kernel and window rows unroll up to `UNROLL_ROWS` and loop beyond; weights are
+/// read pre-broadcast from a stack table when it fits, else broadcast per use. Each case
+/// takes the other path of one of the two: a 9-row kernel, a 9-row average window (and a
+/// 2x2 one, summed as pairs), and 4,800 weights (19,200 floats splatted).
+#[test]
+fn tall_windows_and_large_weight_tables() {
+    let avg = |k: usize, s: usize| Pool2d {
+        kind: PoolKind::Avg,
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [0, 0],
+        count_include_pad: false,
+    };
+    // (c_in, h, w, c_out, kernel, pool)
+    for (c_in, h, w, c_out, k, pool) in [
+        (2, 17, 19, 3, 9, Some(avg(2, 2))),
+        (1, 20, 21, 2, 3, Some(avg(9, 2))),
+        (24, 9, 10, 8, 5, None),
+    ] {
+        let spec = KernelSpec::Conv2d {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel: [k, k],
+            stride: [1, 1],
+            padding: [0, 0],
+            groups: 1,
+            epi: Epilogue {
+                bias: true,
+                act: Activation::Sigmoid,
+                pool,
+                ..Epilogue::NONE
+            },
+        };
+        let err = jit_error(spec, 3, 11);
+        assert!(err <= TOL, "{spec:?}: relative error {err}");
+    }
+}
+
 /// Every epilogue combination (bias x scale/shift x activation x pool) on a padded conv, and
 /// every pool-free one on a dense layer.
 #[test]

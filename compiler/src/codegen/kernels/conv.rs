@@ -6,7 +6,7 @@
 //! epilogue, the conv rows one pooled row needs are written to a small stack array and then
 //! pooled, so only the pooled tensor reaches memory.
 
-use super::{EpiBufs, pool_plane};
+use super::{EpiBufs, UNROLL_ROWS, pool_plane};
 use crate::codegen::loop_ir::{
     Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
     split_overlapping, v,
@@ -368,7 +368,7 @@ impl Conv {
                 // Kernel rows whose input row iy = oy*sh + ky - pad_h lies inside the image. With
                 // no row padding that is every row, and the rows unroll: the loop's index
                 // arithmetic would otherwise cost as much as a fifth of its FMAs.
-                let (ky_lo, ky_hi, ky_kind) = if pad_h == 0 {
+                let (ky_lo, ky_hi, ky_kind) = if pad_h == 0 && kh <= UNROLL_ROWS {
                     (Idx::Const(0), Idx::from(kh), LoopKind::Unroll)
                 } else {
                     (

@@ -26,6 +26,10 @@ pub(crate) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
     }
 }
 
+/// The most kernel or window rows a loop unrolls (LeNet's are 5 and 2); taller ones stay
+/// loops, so that a large window cannot blow up the code.
+pub(super) const UNROLL_ROWS: usize = 7;
+
 /// The activation `a` applied to `x`.
 pub(super) fn act(x: Val, a: Activation) -> Val {
     match a {
@@ -107,8 +111,8 @@ pub(super) fn pool_plane(
     let [pad_h, pad_w] = pool.padding;
     let ph = b.var();
     // The window rows inside the input: ih = ph*sh - pad_h + ky in [0, h); without row
-    // padding, every row of every window (the rows then unroll).
-    let (ky_lo, ky_hi, ky_kind) = if pad_h == 0 {
+    // padding, every row of every window (the rows then unroll, up to `UNROLL_ROWS`).
+    let (ky_lo, ky_hi, ky_kind) = if pad_h == 0 && kh <= UNROLL_ROWS {
         (Idx::Const(0), Idx::from(kh), LoopKind::Unroll)
     } else {
         (
