@@ -122,7 +122,7 @@ pub(super) fn conv2d_with(
     } else {
         (Buf::Param(0), true, w, padding)
     };
-    let conv = Conv {
+    let mut conv = Conv {
         x,
         x_image,
         c_in,
@@ -138,7 +138,6 @@ pub(super) fn conv2d_with(
     };
     // Each weight stored four times, once per call, so that a vector of it is a plain load.
     let weights = c_out * (c_in / groups) * kernel[0] * kernel[1];
-    let mut conv = conv;
     let mut splat_fill = Vec::new();
     if 4 * weights <= SPLATTED_LOCAL_MAX {
         let table = b.local(4 * weights);
