@@ -17,14 +17,16 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use bnc_compiler::Tensor;
-use bnc_compiler::codegen::{CodegenError, JitKernels, KernelFn, KernelSpec, pack_weight};
+use bnc_compiler::codegen::{
+    CodegenError, JitKernels, KernelFn, KernelSpec, pack_weight, pool_act_back_sums,
+};
 use bnc_compiler::ir::{Graph, NodeKind, Op};
 use bnc_compiler::lower::LowerError;
 use bnc_compiler::lower::train::{TrainLayer, TrainPlan, plan};
 use bnc_compiler::passes::{Mode, PassError, PassManager};
 
 use crate::sgd::{Sgd, SgdParam};
-use crate::train_bwd::{BnSums, Stats, backward_elementwise, bn_dz, lane_sum};
+use crate::train_bwd::{BnSums, Stats, backward_elementwise, lane_sum};
 use crate::weights::{ParamStore, WeightsError};
 
 pub use footprint::{Footprint, MAX_TRAIN_BYTES, footprint};
@@ -128,6 +130,8 @@ pub enum TrainError {
 struct LayerKernels {
     linear: usize,
     post: Option<usize>,
+    back: Option<usize>,
+    bn_dx: Option<usize>,
     grad_w: usize,
     grad_x: Option<usize>,
 }
@@ -160,6 +164,8 @@ struct LayerBufs {
     d_z: Vec<f32>,
     /// Statistics written by the linear kernel.
     stats: Vec<f32>,
+    /// Per-image sums written by the pool/activation backward kernel.
+    sums: Vec<f32>,
     /// Partial weight gradient of this thread.
     gw: Vec<f32>,
     /// Partial bias gradient of this thread.
@@ -321,6 +327,8 @@ impl Trainer {
             kernels.push(LayerKernels {
                 linear: take(),
                 post: l.post.map(|_| take()),
+                back: l.back.map(|_| take()),
+                bn_dx: l.bn_dx.map(|_| take()),
                 grad_w: take(),
                 grad_x: l.grad_x.map(|_| take()),
             });
@@ -398,6 +406,7 @@ impl Trainer {
             d_out: vec![0.0; chunk * l.out_len],
             d_z: vec![0.0; chunk * l.z_len],
             stats: vec![0.0; 3 * l.channels],
+            sums: vec![0.0; chunk * pool_act_back_sums(l.channels, l.bn.is_some())],
             gw: vec![0.0; l.weight_shape.iter().product()],
             gb: vec![0.0; l.channels],
         };
@@ -771,43 +780,74 @@ impl StepCtx<'_> {
             let (before, rest) = bufs.split_at_mut(i);
             let lb = &mut rest[0];
             let elementwise = || format!("bwd {}: pool+act backward, bn sums", l.name);
-            let (sums, gamma) = match (&stats[i], &lp.bn) {
-                (Some(s), Some((g, _, _, _))) => {
-                    let partial = self.timed(elementwise, || {
-                        backward_elementwise(l, lb_view(lb), n, Some(s))
-                    });
-                    let all = self.ex.all_gather(t, partial.pack());
-                    (Some((s, BnSums::merge(&all, l.channels))), Some(*g))
-                }
-                _ => {
-                    self.timed(elementwise, || {
-                        backward_elementwise(l, lb_view(lb), n, None)
-                    });
-                    (None, None)
-                }
+            let stats_i = stats[i].as_ref();
+            // dy (pool and activation backward) into d_z, with this thread's sums: Σdy per
+            // channel (the bias gradient without BatchNorm) and, with BatchNorm, Σdy·x̂.
+            let partial = match lk.back {
+                Some(k) => self.timed(elementwise, || {
+                    let mut args = vec![lb.d_out.as_mut_ptr(), lb.a.as_mut_ptr()];
+                    let (mean, inv);
+                    if let (Some(s), Some(bn)) = (stats_i, &l.bn) {
+                        mean = s.mean.iter().map(|&m| m as f32).collect::<Vec<f32>>();
+                        inv = s
+                            .inv_std(bn.eps)
+                            .iter()
+                            .map(|&v| v as f32)
+                            .collect::<Vec<f32>>();
+                        args.extend([
+                            lb.z.as_mut_ptr(),
+                            mean.as_ptr().cast_mut(),
+                            inv.as_ptr().cast_mut(),
+                        ]);
+                    }
+                    args.extend([lb.d_z.as_mut_ptr(), lb.sums.as_mut_ptr()]);
+                    call(self.fns[k], &args, n);
+                    BnSums::from_images(&lb.sums, l.channels, n, l.bn.is_some())
+                }),
+                None => self.timed(elementwise, || {
+                    backward_elementwise(l, lb_view(lb), n, stats_i)
+                }),
             };
-            if let (Some((s, sums)), Some(g)) = (&sums, gamma) {
+            lb.gb.iter_mut().for_each(|v| *v = 0.0);
+            if let (Some(s), Some((g, _, _, _))) = (stats_i, &lp.bn) {
+                let sums = BnSums::merge(&self.ex.all_gather(t, partial.pack()), l.channels);
+                let coef = sums.dx_coefficients(s, &self.sgd.params[*g].value, l.bn.as_ref());
+                let k = lk.bn_dx.expect("a BatchNorm layer has a dx kernel");
+                let d_z = lb.d_z.as_mut_ptr();
                 self.timed(
                     || format!("bwd {}: bn dx", l.name),
-                    || bn_dz(l, &lb.z, &mut lb.d_z, n, s, sums, &self.sgd.params[g].value),
-                );
-                out.bn[i] = Some(((*s).clone(), sums.clone()));
-            }
-            // Bias gradient: the per-channel sum of dz over this thread's images.
-            let hw = l.hw[0] * l.hw[1];
-            lb.gb.iter_mut().for_each(|v| *v = 0.0);
-            if lp.bias.is_some() {
-                self.timed(
-                    || format!("bwd {}: bias gradient", l.name),
                     || {
-                        for img in 0..n {
-                            for c in 0..l.channels {
-                                let base = (img * l.channels + c) * hw;
-                                lb.gb[c] += lane_sum(&lb.d_z[base..base + hw]) as f32;
-                            }
-                        }
+                        call(
+                            self.fns[k],
+                            &[lb.z.as_mut_ptr(), d_z, coef.as_ptr().cast_mut(), d_z],
+                            n,
+                        )
                     },
                 );
+                out.bn[i] = Some(((*s).clone(), sums));
+                // A bias that feeds a train-mode BatchNorm has a zero gradient: its shift
+                // of z is cancelled by the batch mean (the identity `redundant-bias` uses),
+                // so gb stays zero.
+            } else if lp.bias.is_some() {
+                if lk.back.is_some() {
+                    // Without BatchNorm, Σdy is the bias gradient.
+                    for (g, &s) in lb.gb.iter_mut().zip(&partial.dbeta) {
+                        *g = s as f32;
+                    }
+                } else {
+                    let hw = l.hw[0] * l.hw[1];
+                    self.timed(
+                        || format!("bwd {}: bias gradient", l.name),
+                        || {
+                            for img in 0..n {
+                                for c in 0..l.channels {
+                                    let base = (img * l.channels + c) * hw;
+                                    lb.gb[c] += lane_sum(&lb.d_z[base..base + hw]) as f32;
+                                }
+                            }
+                        },
+                    );
+                }
             }
             let x = if i == 0 {
                 input

@@ -3,8 +3,9 @@
 //! gradient, and the fused elementwise backward of pool, activation and BatchNorm (one pass
 //! that also reduces `Σdy` and `Σdy·x̂`, one pass for `dz`).
 
+use bnc_compiler::codegen::pool_act_back_sums;
 use bnc_compiler::codegen::{Activation, Pool2d, PoolKind};
-use bnc_compiler::lower::train::TrainLayer;
+use bnc_compiler::lower::train::{BnPlan, TrainLayer};
 
 /// Batch statistics of one BatchNorm: per channel mean and biased variance over `count`
 /// values.
@@ -104,6 +105,43 @@ impl BnSums {
         let mut v = self.dbeta.clone();
         v.extend(&self.dgamma);
         v
+    }
+
+    /// One thread's sums from the per-image `sums` buffer of `PoolActBack` over `n` images
+    /// (`Σdy` per channel, then `Σdy·x̂` with `bn`), added in `f64` in image order.
+    pub fn from_images(buf: &[f32], c: usize, n: usize, bn: bool) -> BnSums {
+        let per = pool_act_back_sums(c, bn);
+        let mut s = BnSums {
+            dbeta: vec![0.0; c],
+            dgamma: vec![0.0; if bn { c } else { 0 }],
+        };
+        for img in buf[..n * per].chunks_exact(per) {
+            for (acc, &x) in s.dbeta.iter_mut().zip(&img[..c]) {
+                *acc += f64::from(x);
+            }
+            for (acc, &x) in s.dgamma.iter_mut().zip(&img[c..]) {
+                *acc += f64::from(x);
+            }
+        }
+        s
+    }
+
+    /// The coefficients of `BnBackDx` for the merged sums: the BatchNorm input gradient
+    /// `dz = γ·inv/M · (M·dy - Σdy - x̂·Σdy·x̂)` with `x̂ = (z - mean)·inv` is
+    /// `A·dy + B·(z - mean) + C` with `A = γ·inv`, `B = -γ·inv²·Σdy·x̂/M`, `C = -γ·inv·Σdy/M`
+    /// (computed in `f64`); the fourth block is the mean.
+    pub fn dx_coefficients(&self, s: &Stats, gamma: &[f32], bn: Option<&BnPlan>) -> Vec<f32> {
+        let c = gamma.len();
+        let inv = s.inv_std(bn.map_or(1e-5, |b| b.eps));
+        let mut coef = vec![0.0f32; 4 * c];
+        for ch in 0..c {
+            let k = f64::from(gamma[ch]) * inv[ch];
+            coef[ch] = k as f32;
+            coef[c + ch] = (-k * inv[ch] * self.dgamma[ch] / s.count) as f32;
+            coef[2 * c + ch] = (-k * self.dbeta[ch] / s.count) as f32;
+            coef[3 * c + ch] = s.mean[ch] as f32;
+        }
+        coef
     }
 
     /// Sums packed per-thread partials in thread order.
@@ -321,36 +359,4 @@ pub(crate) fn backward_elementwise(
         }
     }
     with_act_grad(l.act, Run { l, b, n, stats })
-}
-
-/// The BatchNorm input gradient, in place on `d_z` (which holds `dy`):
-/// `dz = γ·inv/M · (M·dy - Σdy - x̂·Σdy·x̂)` over the whole batch's `M` values.
-pub(crate) fn bn_dz(
-    l: &TrainLayer,
-    z: &[f32],
-    d_z: &mut [f32],
-    n: usize,
-    s: &Stats,
-    sums: &BnSums,
-    gamma: &[f32],
-) {
-    let hw = l.hw[0] * l.hw[1];
-    let c = l.channels;
-    let inv = s.inv_std(l.bn.as_ref().map_or(1e-5, |bn| bn.eps));
-    let m = s.count;
-    for img in 0..n {
-        for ch in 0..c {
-            let plane = (img * c + ch) * hw;
-            let k = (f64::from(gamma[ch]) * inv[ch] / m) as f32;
-            let mean = s.mean[ch] as f32;
-            let inv_c = inv[ch] as f32;
-            let sb = (sums.dbeta[ch]) as f32;
-            let sg = (sums.dgamma[ch]) as f32;
-            let mf = m as f32;
-            for (d, &zv) in d_z[plane..plane + hw].iter_mut().zip(&z[plane..plane + hw]) {
-                let xhat = (zv - mean) * inv_c;
-                *d = k * (mf * *d - sb - xhat * sg);
-            }
-        }
-    }
 }

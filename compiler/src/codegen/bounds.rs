@@ -299,6 +299,18 @@ impl Exec<'_> {
                 }
                 Ok(())
             }
+            Val::PairDup { buf, idx } => {
+                let first = self.eval(idx, 0)?;
+                for lane in 0..self.lanes() {
+                    let i = self.eval(idx, lane)?;
+                    if i != first + lane as i64 / 2 {
+                        return Err(self.bad("a pair-duplicated index is not [i, i, i+1, i+1]"));
+                    }
+                    self.extent(*buf)?.record(i, false);
+                }
+                Ok(())
+            }
+            Val::Positive(x) => self.val(x),
             Val::PairSum { buf, idx } => {
                 for lane in 0..self.lanes() {
                     let i = self.eval(idx, lane)?;

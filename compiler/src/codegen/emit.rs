@@ -660,6 +660,27 @@ impl Emitter<'_, '_> {
                 math::exp_signed(self.b, x, true)
             }
             Val::PairSum { buf, idx } => self.pair_sum(*buf, idx)?,
+            Val::PairDup { buf, idx } => {
+                if !self.vec {
+                    return self.load(*buf, idx, &[]);
+                }
+                // Two floats as one f64, then lanes [0, 0, 1, 1].
+                let (p, off) = self.addr(*buf, idx, 0)?;
+                let pair = self.b.ins().load(types::F64, flags(), p, off);
+                let wide = self.b.ins().scalar_to_vector(types::F64X2, pair);
+                let bytes: Vec<u8> = [0u8, 0, 1, 1]
+                    .iter()
+                    .flat_map(|&l| (0..4u8).map(move |k| l * 4 + k))
+                    .collect();
+                let mask = self.b.func.dfg.immediates.push(bytes.into());
+                let x = self.b.ins().bitcast(types::I8X16, lane_order(), wide);
+                let x = self.b.ins().shuffle(x, x, mask);
+                self.b.ins().bitcast(types::F32X4, lane_order(), x)
+            }
+            Val::Positive(x) => {
+                let x = self.val(x)?;
+                math::positive(self.b, x)
+            }
             Val::Splatted { buf, idx } => {
                 if self.vec && self.stride(idx)? != Some(0) {
                     return Err(self.bad("a splatted value's index varies across lanes"));

@@ -209,6 +209,18 @@ pub enum Val {
         /// The first of the four copies.
         idx: Idx,
     },
+    /// `buf[idx]` where, in a vector loop, `idx` is `[i, i, i + 1, i + 1]` across the lanes
+    /// (`i` at lane 0; a 2-wide pooling window's gradient spread back over its columns):
+    /// one 8-byte load and a shuffle instead of a gather. The bounds checker proves the lane
+    /// pattern for every iteration it walks; the emitter trusts it.
+    PairDup {
+        /// The buffer read.
+        buf: Buf,
+        /// The element index, typically `base + x / 2` for the vector variable `x`.
+        idx: Idx,
+    },
+    /// `1` where `x > 0`, else `0` (also for NaN): the derivative of ReLU.
+    Positive(Box<Val>),
     /// An index value converted to float.
     FromIdx(Idx),
     /// `a` where every guard holds, else `b` (both are evaluated).

@@ -116,6 +116,19 @@ pub(crate) fn max(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
     }
 }
 
+/// `1` where `x > 0`, else `0` (NaN gives `0`).
+pub(crate) fn positive(b: &mut FunctionBuilder, x: Value) -> Value {
+    let ty = b.func.dfg.value_type(x);
+    let (one, zero) = (fconst(b, ty, 1.0), fconst(b, ty, 0.0));
+    let take = b.ins().fcmp(FloatCC::GreaterThan, x, zero);
+    if ty.is_vector() {
+        let mask = b.ins().bitcast(ty, lanes(), take);
+        b.ins().band(mask, one)
+    } else {
+        b.ins().select(take, one, zero)
+    }
+}
+
 /// `b` if `b < a`, else `a` (so a NaN in `a` propagates).
 pub(crate) fn min(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
     pick_if(b, FloatCC::LessThan, x, y)

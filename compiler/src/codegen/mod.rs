@@ -259,6 +259,37 @@ pub enum KernelSpec {
         /// Zero padding `[ph, pw]`.
         padding: [usize; 2],
     },
+    /// Backward of a training layer's pool and activation, with the BatchNorm sums in the
+    /// same pass: `dy = unpool(grad) · act'(saved)` per element of `[n, c, h, w]` into
+    /// `output`, and per image and channel `Σdy` (and with `bn` also `Σdy·x̂`, where
+    /// `x̂ = (z - mean[c])·inv_std[c]`) into `sums` (`c`, or `2c` with `bn`, floats per image).
+    /// Only disjoint average windows (stride = kernel, no padding) are supported.
+    PoolActBack {
+        /// Channels.
+        c: usize,
+        /// Height of the unpooled plane.
+        h: usize,
+        /// Width of the unpooled plane.
+        w: usize,
+        /// The activation whose derivative is taken from its saved output.
+        act: Activation,
+        /// The pool whose gradient `grad` is, if any.
+        pool: Option<Pool2d>,
+        /// Also read `z`, `mean` and `inv_std` and write `Σdy·x̂`.
+        bn: bool,
+    },
+    /// The train-mode BatchNorm input gradient as a per-channel affine map of `dy` and `z`:
+    /// `dz = A·dy + B·(z - mean) + C` with `coef = [A; C], [B; C], [C; C], [mean; C]` (the
+    /// runtime folds `γ`, `1/σ`, the batch size and the merged sums into them). `output`
+    /// may be `grad` itself.
+    BnBackDx {
+        /// Channels.
+        c: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+    },
     /// Weight gradient of a dense layer over the call's images, in PyTorch layout:
     /// `dw[o, i] = Σ_n dy[n, o] · x[n, i]`.
     DenseGradW {
@@ -277,6 +308,11 @@ pub enum KernelSpec {
 /// triples in `f64` with Chan's formula.
 pub fn train_stats(c: usize) -> usize {
     3 * c
+}
+
+/// Whether [`KernelSpec::PoolActBack`] supports `pool`: disjoint average windows.
+pub fn pool_backward_supported(pool: &Pool2d) -> bool {
+    pool.kind == PoolKind::Avg && pool.stride == pool.kernel && pool.padding == [0, 0]
 }
 
 /// Why a set of kernels could not be compiled or run.
@@ -319,6 +355,14 @@ pub enum CodegenError {
         padding: usize,
         /// The window size.
         window: usize,
+    },
+    /// A pool backward other than disjoint average windows was asked of the JIT.
+    #[error(
+        "kernel {index}: the pool backward needs an average pool with stride = kernel and no padding"
+    )]
+    PoolBackward {
+        /// Position of the spec in the compiled list.
+        index: usize,
     },
     /// A dense kernel was asked to pool, but its output has no spatial axes.
     #[error("kernel {index}: a dense output has no spatial axes to pool")]
@@ -402,5 +446,5 @@ pub enum CodegenError {
     },
 }
 
-pub use spec::{bytes, flops, pack_weight};
+pub use spec::{bytes, flops, pack_weight, pool_act_back_sums};
 pub(crate) use spec::{validate, window_out};

@@ -1,9 +1,9 @@
 //! The plain-Rust reference for the training specs (`TrainConv2d`, `TrainDense`,
-//! `BnActPool`, `ConvGradW`, `DenseGradW`), which write more than one buffer or reduce over
+//! `BnActPool`, `ConvGradW`, `DenseGradW`, `PoolActBack`, `BnBackDx`), which write more than one buffer or reduce over
 //! the batch: direct loops in `f64`.
 
 use super::reference::{act, pool, reference};
-use super::{Epilogue, KernelSpec, train_stats, window_out};
+use super::{Activation, Epilogue, KernelSpec, train_stats, window_out};
 
 /// Computes a training `spec` for images `0..n`. `inputs` are the buffers before the first
 /// output in calling order, with weights in PyTorch layout; returns every written buffer in
@@ -114,6 +114,65 @@ pub fn reference_train(spec: &KernelSpec, inputs: &[&[f32]], n: usize) -> Vec<Ve
             }
             vec![f32s(&dw)]
         }
+        KernelSpec::PoolActBack {
+            c,
+            h,
+            w,
+            act: a,
+            pool: p,
+            bn,
+        } => {
+            let hw = h * w;
+            let (grad, saved) = (inputs[0], inputs[1]);
+            let nsums = super::pool_act_back_sums(c, bn);
+            let mut out = vec![0.0f64; n * c * hw];
+            let mut sums = vec![0.0f64; n * nsums];
+            for img in 0..n {
+                for ch in 0..c {
+                    let plane = img * c + ch;
+                    for y in 0..h {
+                        for x in 0..w {
+                            let g = match p {
+                                None => f64::from(grad[plane * hw + y * w + x]),
+                                Some(p) => {
+                                    let (oh, ow) = p.out_hw(h, w);
+                                    let [kh, kw] = p.kernel;
+                                    if y < kh * oh && x < kw * ow {
+                                        let at = (plane * oh + y / kh) * ow + x / kw;
+                                        f64::from(grad[at]) / (kh * kw) as f64
+                                    } else {
+                                        0.0
+                                    }
+                                }
+                            };
+                            let at = plane * hw + y * w + x;
+                            let dy = g * act_grad(f64::from(saved[at]), a);
+                            out[at] = dy;
+                            sums[img * nsums + ch] += dy;
+                            if bn {
+                                let (z, mean, inv) = (inputs[2], inputs[3], inputs[4]);
+                                let xhat =
+                                    (f64::from(z[at]) - f64::from(mean[ch])) * f64::from(inv[ch]);
+                                sums[img * nsums + c + ch] += dy * xhat;
+                            }
+                        }
+                    }
+                }
+            }
+            vec![f32s(&out), f32s(&sums)]
+        }
+        KernelSpec::BnBackDx { c, h, w } => {
+            let hw = h * w;
+            let (z, dy, coef) = (inputs[0], inputs[1], inputs[2]);
+            let dz: Vec<f64> = (0..n * c * hw)
+                .map(|i| {
+                    let ch = (i / hw) % c;
+                    let k = |j: usize| f64::from(coef[j * c + ch]);
+                    k(0) * f64::from(dy[i]) + k(1) * (f64::from(z[i]) - k(3)) + k(2)
+                })
+                .collect();
+            vec![f32s(&dz)]
+        }
         _ => panic!("reference_train covers only the training specs"),
     }
 }
@@ -143,4 +202,20 @@ fn with_stats(out: Vec<f32>, c: usize, hw: usize, n: usize, stats: bool) -> Vec<
         s[2 * c + ch] = s2 as f32;
     }
     vec![out, s]
+}
+
+/// The derivative of activation `a` at the point where its output is `y`.
+fn act_grad(y: f64, a: Activation) -> f64 {
+    match a {
+        Activation::None => 1.0,
+        Activation::Relu => {
+            if y > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Sigmoid => y * (1.0 - y),
+        Activation::Tanh => 1.0 - y * y,
+    }
 }

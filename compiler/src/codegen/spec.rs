@@ -77,6 +77,14 @@ impl KernelSpec {
             KernelSpec::ConvGradW { .. } | KernelSpec::DenseGradW { .. } => {
                 v.extend(["input", "grad"])
             }
+            KernelSpec::PoolActBack { bn, .. } => {
+                v.extend(["grad", "activation"]);
+                if bn {
+                    v.extend(["z", "mean", "inv_std"]);
+                }
+                return [v, vec!["output", "sums"]].concat();
+            }
+            KernelSpec::BnBackDx { .. } => v.extend(["z", "grad", "coef"]),
         }
         v.push("output");
         v
@@ -93,7 +101,14 @@ impl KernelSpec {
             KernelSpec::TrainConv2d { c_in, h, w, .. }
             | KernelSpec::ConvGradW { c_in, h, w, .. } => c_in * h * w,
             KernelSpec::TrainDense { in_f, .. } | KernelSpec::DenseGradW { in_f, .. } => in_f,
-            KernelSpec::BnActPool { c, h, w, .. } => c * h * w,
+            KernelSpec::BnActPool { c, h, w, .. } | KernelSpec::BnBackDx { c, h, w } => c * h * w,
+            KernelSpec::PoolActBack { c, h, w, pool, .. } => match pool {
+                Some(p) => {
+                    let (oh, ow) = p.out_hw(h, w);
+                    c * oh * ow
+                }
+                None => c * h * w,
+            },
         }
     }
 
@@ -149,6 +164,7 @@ impl KernelSpec {
                 ..
             } => [c_out * c_in * kernel[0] * kernel[1], 1, 1],
             KernelSpec::DenseGradW { in_f, out_f } => [out_f * in_f, 1, 1],
+            KernelSpec::PoolActBack { c, h, w, .. } | KernelSpec::BnBackDx { c, h, w } => [c, h, w],
         }
     }
 
@@ -221,10 +237,25 @@ impl KernelSpec {
                 v.extend([n * out_f, self.out_len()]);
                 return v;
             }
+            KernelSpec::PoolActBack { c, h, w, bn, .. } => {
+                let plane = n * c * h * w;
+                v.push(plane);
+                if bn {
+                    v.extend([plane, c, c]);
+                }
+                v.extend([plane, n * pool_act_back_sums(c, bn)]);
+                return v;
+            }
+            KernelSpec::BnBackDx { c, h, w } => v.extend([n * c * h * w, 4 * c]),
         }
         v.push(n * self.out_len());
         v
     }
+}
+
+/// Floats per image of `PoolActBack`'s `sums`: `Σdy` per channel, then `Σdy·x̂` with `bn`.
+pub fn pool_act_back_sums(c: usize, bn: bool) -> usize {
+    if bn { 2 * c } else { c }
 }
 
 fn train_lens(mut v: Vec<usize>, out: usize, c: usize, bias: bool, stats: bool) -> Vec<usize> {
@@ -339,6 +370,10 @@ pub fn flops(spec: &KernelSpec) -> u64 {
             2 * (c_out * c_in * kernel[0] * kernel[1] * oh * ow) as u64
         }
         KernelSpec::DenseGradW { in_f, out_f } => 2 * (in_f * out_f) as u64,
+        KernelSpec::PoolActBack {
+            c, h, w, act, bn, ..
+        } => (c * h * w) as u64 * (3 + act_cost(act) + 4 * u64::from(bn)),
+        KernelSpec::BnBackDx { c, h, w } => 4 * (c * h * w) as u64,
     }
 }
 
@@ -484,6 +519,22 @@ pub(crate) fn validate(index: usize, spec: &KernelSpec) -> Result<(), CodegenErr
                 pos(what, *x)?;
             }
             pool_ok(pool, *h, *w)?;
+        }
+        KernelSpec::PoolActBack { c, h, w, pool, .. } => {
+            for (what, x) in [("c", c), ("h", h), ("w", w)] {
+                pos(what, *x)?;
+            }
+            if let Some(p) = pool {
+                pool_ok(p, *h, *w)?;
+                if !pool_backward_supported(p) {
+                    return Err(CodegenError::PoolBackward { index });
+                }
+            }
+        }
+        KernelSpec::BnBackDx { c, h, w } => {
+            for (what, x) in [("c", c), ("h", h), ("w", w)] {
+                pos(what, *x)?;
+            }
         }
         KernelSpec::ConvGradW {
             c_in,

@@ -181,6 +181,15 @@ proptest! {
         prop_assert!(err <= TOL, "{spec:?}: error {err}");
     }
 
+    /// A scale/shift over one value per channel (a dense BatchNorm: channels on the lanes)
+    /// matches the reference, including channel tails.
+    #[test]
+    fn feature_scale_shift_matches_reference(c in 1usize..140, act in act(), n in 1usize..9, seed in any::<u64>()) {
+        let spec = KernelSpec::ScaleShift { c, h: 1, w: 1, act, pool: None };
+        let err = jit_error(spec, n, seed);
+        prop_assert!(err <= TOL, "{spec:?}: error {err}");
+    }
+
     /// Standalone pooling matches the reference.
     #[test]
     fn pool_matches_reference((c, h, w) in spatial(), pool in pool(), n in 1usize..33, seed in any::<u64>()) {

@@ -18,6 +18,17 @@ fn act() -> impl Strategy<Value = Activation> {
 }
 
 /// Windows up to 3 with strides up to 3 and padding up to half the window.
+/// Disjoint average windows, the pools `PoolActBack` differentiates.
+fn back_pool() -> impl Strategy<Value = Pool2d> {
+    (1usize..4, 1usize..4).prop_map(|(kh, kw)| Pool2d {
+        kind: PoolKind::Avg,
+        kernel: [kh, kw],
+        stride: [kh, kw],
+        padding: [0, 0],
+        count_include_pad: true,
+    })
+}
+
 fn pool() -> impl Strategy<Value = Pool2d> {
     (
         any::<bool>(),
@@ -122,23 +133,55 @@ fn any_spec() -> impl Strategy<Value = KernelSpec> {
         ),
         (1usize..5, hw.clone(), act(), pool())
             .prop_map(|(c, (h, w), act, pool)| KernelSpec::BnActPool { c, h, w, act, pool }),
-        (1usize..4, 1usize..6, hw, window).prop_map(|(c_in, c_out, (h, w), (kh, kw, _, p))| {
-            KernelSpec::ConvGradW {
-                c_in,
+        (1usize..4, 1usize..6, hw.clone(), window).prop_map(
+            |(c_in, c_out, (h, w), (kh, kw, _, p))| {
+                KernelSpec::ConvGradW {
+                    c_in,
+                    h,
+                    w,
+                    c_out,
+                    kernel: [kh, kw],
+                    padding: [p, p],
+                }
+            }
+        ),
+        (1usize..40, 1usize..20).prop_map(|(in_f, out_f)| KernelSpec::DenseGradW { in_f, out_f }),
+        (
+            1usize..4,
+            hw.clone(),
+            act(),
+            prop::option::of(back_pool()),
+            any::<bool>()
+        )
+            .prop_map(|(c, (h, w), act, pool, bn)| KernelSpec::PoolActBack {
+                c,
                 h,
                 w,
-                c_out,
-                kernel: [kh, kw],
-                padding: [p, p],
+                act,
+                pool,
+                bn
+            }),
+        (1usize..40, any::<bool>(), act(), any::<bool>()).prop_map(|(c, bn, act, dx)| {
+            if dx {
+                KernelSpec::BnBackDx { c, h: 1, w: 1 }
+            } else {
+                KernelSpec::PoolActBack {
+                    c,
+                    h: 1,
+                    w: 1,
+                    act,
+                    pool: None,
+                    bn,
+                }
             }
         }),
-        (1usize..40, 1usize..20).prop_map(|(in_f, out_f)| KernelSpec::DenseGradW { in_f, out_f }),
+        (1usize..4, hw).prop_map(|(c, (h, w))| KernelSpec::BnBackDx { c, h, w }),
     ]
 }
 
 /// Whether buffer `name` is one the kernel writes.
 fn written(name: &str) -> bool {
-    matches!(name, "output" | "saved" | "stats")
+    matches!(name, "output" | "saved" | "stats" | "sums")
 }
 
 proptest! {

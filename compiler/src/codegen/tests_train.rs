@@ -80,6 +80,28 @@ proptest! {
         prop_assert!(train_error(spec, n, seed) < TOL);
     }
 
+    /// Pool and activation backward with the BatchNorm sums, for planes with column tails,
+    /// rows and columns outside every window, and one value per channel.
+    #[test]
+    fn pool_act_back_matches_reference(c in 1usize..4, h in 1usize..12, w in 1usize..13, act in act(), k in (1usize..4, 1usize..4), pooled in any::<bool>(), bn in any::<bool>(), n in 1usize..5, seed in any::<u64>()) {
+        let pool = (pooled && k.0 <= h && k.1 <= w).then_some(Pool2d {
+            kind: PoolKind::Avg,
+            kernel: [k.0, k.1],
+            stride: [k.0, k.1],
+            padding: [0, 0],
+            count_include_pad: true,
+        });
+        let spec = KernelSpec::PoolActBack { c, h, w, act, pool, bn };
+        prop_assert!(train_error(spec, n, seed) < TOL, "{:?}", spec);
+    }
+
+    /// The BatchNorm input gradient, per plane and with channels on the lanes.
+    #[test]
+    fn bn_back_dx_matches_reference(c in 1usize..40, hw in prop::sample::select(vec![(1, 1), (3, 5), (8, 8)]), n in 1usize..5, seed in any::<u64>()) {
+        let spec = KernelSpec::BnBackDx { c, h: hw.0, w: hw.1 };
+        prop_assert!(train_error(spec, n, seed) < TOL, "{:?}", spec);
+    }
+
     #[test]
     fn dense_grad_w_matches_reference(in_f in 1usize..40, out_f in 1usize..20, n in 1usize..12, seed in any::<u64>()) {
         let spec = KernelSpec::DenseGradW { in_f, out_f };

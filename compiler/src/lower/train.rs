@@ -13,15 +13,17 @@
 //! |---|---|---|
 //! | forward | `TrainConv2d`/`TrainDense` writes `z` and the per-channel statistics in its epilogue; the runtime merges them across threads (Chan, `f64`) and updates the running statistics | `Conv2d`/`Dense` with bias and activation writes `a` |
 //! | apply | `BnActPool` (normalize, scale, shift, activation, pool; saves `a`) or `ScaleShift` (no pool) | `Pool` if pooled |
-//! | backward | one reduction pass (pool and activation backward, `Σdy`, `Σdy·x̂`), merged across threads, then one elementwise pass for `dz` | pool and activation backward give `dz` |
+//! | backward | `PoolActBack`: one pass for the pool and activation backward that also reduces `Σdy` and `Σdy·x̂` per image; the runtime merges them across threads, then `BnBackDx` writes `dz` in one elementwise pass | `PoolActBack` gives `dz` and `Σdz`, the bias gradient |
 //! | weights | `ConvGradW`/`DenseGradW` per thread, merged in thread order | same |
 //! | input | `Conv2d` with flipped weights or `Dense` with the stored weight, except for the first layer | same |
 //!
 //! Saved for the backward pass: the layer input, `z` (BatchNorm only), `a` and the batch
-//! statistics. The bias before a BatchNorm is kept (its gradient is zero up to rounding), so
-//! the plan computes exactly what the graph says.
+//! statistics. A max or overlapping pool has no `PoolActBack`; the runtime runs that
+//! backward in plain Rust. A bias before a BatchNorm is kept as a parameter, but its
+//! gradient is exactly zero (the batch mean cancels any shift of `z`, the identity behind
+//! `redundant-bias`), so no pass computes it.
 
-use crate::codegen::{Activation, Epilogue, KernelSpec, Pool2d};
+use crate::codegen::{Activation, Epilogue, KernelSpec, Pool2d, pool_backward_supported};
 use crate::ir::{BatchNormAttrs, Graph, NodeId, Op, VarConvention};
 
 use super::{LowerError, activation, chw, image_dims, pool2d, ty};
@@ -117,6 +119,12 @@ pub struct TrainLayer {
     pub linear: KernelSpec,
     /// The kernel after the linear one: `BnActPool`, `ScaleShift` or `Pool`.
     pub post: Option<KernelSpec>,
+    /// The pool and activation backward with the BatchNorm sums (`PoolActBack`), or `None`
+    /// for a pool it does not differentiate (max or overlapping windows), which the runtime
+    /// then runs in plain Rust.
+    pub back: Option<KernelSpec>,
+    /// The BatchNorm input gradient (`BnBackDx`), with BatchNorm only.
+    pub bn_dx: Option<KernelSpec>,
     /// The weight gradient kernel.
     pub grad_w: KernelSpec,
     /// The input gradient kernel (`None` for the first layer): for a convolution, the full
@@ -143,12 +151,15 @@ pub struct TrainPlan {
 }
 
 impl TrainPlan {
-    /// Every kernel in a fixed order: per layer linear, post, grad_w, grad_x (present ones).
+    /// Every kernel in a fixed order: per layer linear, post, back, bn_dx, grad_w, grad_x
+    /// (present ones).
     pub fn specs(&self) -> Vec<KernelSpec> {
         let mut v = Vec::new();
         for l in &self.layers {
             v.push(l.linear);
             v.extend(l.post);
+            v.extend(l.back);
+            v.extend(l.bn_dx);
             v.push(l.grad_w);
             v.extend(l.grad_x);
         }
@@ -428,6 +439,17 @@ fn layer(
             out_len,
             linear,
             post,
+            back: pool.is_none_or(|p| pool_backward_supported(&p)).then_some(
+                KernelSpec::PoolActBack {
+                    c: channels,
+                    h,
+                    w,
+                    act,
+                    pool,
+                    bn: stats,
+                },
+            ),
+            bn_dx: stats.then_some(KernelSpec::BnBackDx { c: channels, h, w }),
             grad_w,
             grad_x: (!is_first).then_some(grad_x),
             nodes,

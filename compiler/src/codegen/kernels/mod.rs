@@ -6,6 +6,7 @@ mod conv;
 mod dense;
 mod simple;
 mod train;
+mod train_back;
 
 use super::loop_ir::{
     BinOp, Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, reg, split, v,
@@ -22,6 +23,9 @@ pub(crate) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
         | KernelSpec::BnActPool { .. }
         | KernelSpec::ConvGradW { .. }
         | KernelSpec::DenseGradW { .. } => train::lower(index, spec),
+        KernelSpec::PoolActBack { .. } | KernelSpec::BnBackDx { .. } => {
+            train_back::lower(index, spec)
+        }
         _ => simple::lower(index, spec),
     }
 }

@@ -3,11 +3,11 @@
 //! row softmax. Contiguous runs are vectorized two vectors per trip with a scalar tail.
 
 use super::{act, pool_plane};
-use crate::codegen::KernelSpec;
 use crate::codegen::loop_ir::{
     BinOp, Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
     split, v,
 };
+use crate::codegen::{Activation, KernelSpec, Pool2d};
 
 /// `out[base + i] = f(i)` for `i in 0..len`, vectorized with a scalar tail.
 pub(super) fn map(
@@ -82,31 +82,20 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
             pool,
         } => {
             let (scale, shift, out) = (Buf::Param(1), Buf::Param(2), Buf::Param(3));
-            let body = per_image(&mut b, |b, n| {
-                let ch = b.var();
-                let plane = v(n) * c + v(ch);
-                let f = |at: Idx, guards| {
-                    let x = Val::Load {
-                        buf: x,
-                        idx: plane.clone() * (h * w) + at,
-                        guards,
-                    };
-                    act(
-                        Val::fma(x, Val::load(scale, v(ch)), Val::load(shift, v(ch))),
-                        a,
-                    )
-                };
-                let inner = match pool {
-                    None => map(b, h * w, out, plane.clone() * (h * w), |at| f(at, vec![])),
-                    Some(p) => {
-                        let (oh, ow) = p.out_hw(h, w);
-                        let src = |_, _, ih: Idx, iw, guards| f(ih * w + iw, guards);
-                        let dst = |_, y: Idx, x| (out, (plane.clone() * oh + y) * ow + x);
-                        pool_plane(b, &p, (h, w), 1, src, dst, |_, _, _, _, _| vec![])
-                    }
-                };
-                vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
-            });
+            let body = if h * w == 1 && pool.is_none() {
+                // One value per channel (a dense layer): the channels go on the lanes.
+                per_image(&mut b, |b, n| {
+                    map(b, c, out, v(n) * c, |ch| {
+                        let x = Val::load(x, v(n) * c + ch.clone());
+                        act(
+                            Val::fma(x, Val::load(scale, ch.clone()), Val::load(shift, ch)),
+                            a,
+                        )
+                    })
+                })
+            } else {
+                scale_shift_planes(&mut b, x, (c, h, w), a, pool)
+            };
             ("scale_shift", 4, body)
         }
         KernelSpec::Pool { c, h, w, pool } => {
@@ -188,4 +177,40 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
         _ => unreachable!("lowered by conv.rs, dense.rs and train.rs"),
     };
     b.finish(format!("k{index}_{name}"), params, body)
+}
+
+/// `ScaleShift` one channel plane at a time (optionally pooled).
+fn scale_shift_planes(
+    b: &mut KernelBuilder,
+    x: Buf,
+    (c, h, w): (usize, usize, usize),
+    a: Activation,
+    pool: Option<Pool2d>,
+) -> Vec<Stmt> {
+    let (scale, shift, out) = (Buf::Param(1), Buf::Param(2), Buf::Param(3));
+    per_image(b, |b, n| {
+        let ch = b.var();
+        let plane = v(n) * c + v(ch);
+        let f = |at: Idx, guards| {
+            let x = Val::Load {
+                buf: x,
+                idx: plane.clone() * (h * w) + at,
+                guards,
+            };
+            act(
+                Val::fma(x, Val::load(scale, v(ch)), Val::load(shift, v(ch))),
+                a,
+            )
+        };
+        let inner = match pool {
+            None => map(b, h * w, out, plane.clone() * (h * w), |at| f(at, vec![])),
+            Some(p) => {
+                let (oh, ow) = p.out_hw(h, w);
+                let src = |_, _, ih: Idx, iw, guards| f(ih * w + iw, guards);
+                let dst = |_, y: Idx, x| (out, (plane.clone() * oh + y) * ow + x);
+                pool_plane(b, &p, (h, w), 1, src, dst, |_, _, _, _, _| vec![])
+            }
+        };
+        vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
+    })
 }

@@ -90,18 +90,18 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
     }
 }
 
-fn set(r: u32, val: Val) -> Stmt {
+pub(super) fn set(r: u32, val: Val) -> Stmt {
     Stmt::Set {
         reg: reg(r, 0usize),
         val,
     }
 }
 
-fn get(r: u32) -> Val {
+pub(super) fn get(r: u32) -> Val {
     Val::Get(reg(r, 0usize))
 }
 
-fn store(buf: Buf, idx: impl Into<Idx>, val: Val) -> Stmt {
+pub(super) fn store(buf: Buf, idx: impl Into<Idx>, val: Val) -> Stmt {
     Stmt::Store {
         buf,
         idx: idx.into(),
@@ -110,7 +110,7 @@ fn store(buf: Buf, idx: impl Into<Idx>, val: Val) -> Stmt {
 }
 
 /// The sum of the four lanes `l[base..base + 4]`, in lane order.
-fn lane_sum(l: Buf, base: usize) -> Val {
+pub(super) fn lane_sum(l: Buf, base: usize) -> Val {
     (0..4)
         .map(|j| Val::load(l, base + j))
         .reduce(|a, b| a + b)
