@@ -52,7 +52,7 @@ struct Affine {
     c: i64,
 }
 
-type AddrKey = (Buf, Vec<(u32, i64)>);
+type AddrKey = Vec<(u32, i64)>;
 
 /// Emits `kernel` into the function of `b`, whose signature is `(ptr, i64, i64)`.
 pub(crate) fn emit_kernel(kernel: &Kernel, b: &mut FunctionBuilder) -> Result<(), CodegenError> {
@@ -411,7 +411,13 @@ impl Emitter<'_, '_> {
             }
             Idx::Div(a, k) => {
                 let a = self.idx_value(a, lane)?;
-                self.b.ins().sdiv_imm_s(a, *k)
+                if *k > 0 && (*k as u64).is_power_of_two() {
+                    // Floor division by 2^s is an arithmetic shift (Cranelift would emit
+                    // `idiv`, tens of cycles).
+                    self.b.ins().sshr_imm(a, i64::from(k.trailing_zeros()))
+                } else {
+                    self.b.ins().sdiv_imm_s(a, *k)
+                }
             }
             Idx::Min(a, b) | Idx::Max(a, b) => {
                 let (x, y) = (self.idx_value(a, lane)?, self.idx_value(b, lane)?);
@@ -459,16 +465,27 @@ impl Emitter<'_, '_> {
             return Ok((self.b.ins().iadd(base, off), 0));
         };
         let off = i32::try_from(4 * a.c).map_err(|_| self.bad("offset exceeds 32 bits"))?;
-        let key: AddrKey = (buf, a.terms.iter().map(|t| (t.0, t.2)).collect());
-        if let Some(&p) = self.cache.iter().rev().find_map(|scope| scope.get(&key)) {
-            return Ok((p, off));
+        if a.terms.is_empty() {
+            return Ok((base, off));
         }
-        let p = self.sum_terms(&a.terms, 4, Some(base)).unwrap_or(base);
-        self.cache
-            .last_mut()
-            .expect("the root scope is never popped")
-            .insert(key, p);
-        Ok((p, off))
+        // The element index Σ terms is shared by every buffer addressed with the same terms;
+        // `base + (index << 2)` folds into the x64 addressing mode.
+        let key: AddrKey = a.terms.iter().map(|t| (t.0, t.2)).collect();
+        let i = match self.cache.iter().rev().find_map(|scope| scope.get(&key)) {
+            Some(&i) => i,
+            None => {
+                let i = self
+                    .sum_terms(&a.terms, 1, None)
+                    .expect("at least one term");
+                self.cache
+                    .last_mut()
+                    .expect("the root scope is never popped")
+                    .insert(key, i);
+                i
+            }
+        };
+        let scaled = self.b.ins().ishl_imm(i, 2);
+        Ok((self.b.ins().iadd(base, scaled), off))
     }
 
     /// The conjunction of `guards` at lane `lane`, or `None` when there are none.

@@ -30,7 +30,8 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
     }
 }
 
-/// `g · act'(a)`, the derivative taken from the activation's output `a`.
+/// `g · act'(a)`, the derivative taken from the activation's output `a` (a register, so
+/// that using it twice loads it once).
 fn act_back(g: Val, a: Val, act: Activation) -> Val {
     match act {
         Activation::None => g,
@@ -117,17 +118,11 @@ fn features(
     nsums: usize,
 ) -> Vec<Stmt> {
     split(b, 0usize.into(), c.into(), &[4, 1], true, |b, ch, _| {
-        let dy = b.reg();
+        let (dy, a) = (b.reg(), b.reg());
         let at = v(n) * c + v(ch);
         let mut s = vec![
-            set(
-                dy,
-                act_back(
-                    Val::load(bufs.grad, at.clone()),
-                    Val::load(bufs.saved, at.clone()),
-                    act,
-                ),
-            ),
+            set(a, Val::load(bufs.saved, at.clone())),
+            set(dy, act_back(Val::load(bufs.grad, at.clone()), get(a), act)),
             store(bufs.out, at.clone(), get(dy)),
             store(bufs.sums, v(n) * nsums + v(ch), get(dy)),
         ];
@@ -178,17 +173,15 @@ fn plane(
         };
         g * Val::Const(1.0 / (kh * kw) as f32)
     };
-    let (s1, s2, dy) = (b.reg(), b.reg(), b.reg());
+    let (s1, s2, dy, a) = (b.reg(), b.reg(), b.reg(), b.reg());
     let lanes = b.local(8);
     let (y, x4, j, x) = (b.var(), b.var(), b.var(), b.var());
     // The pixel body: dy, its store, and the sums.
     let pixel = |y: Idx, x: Idx| -> Vec<Stmt> {
         let at = base.clone() + y.clone() * w + x.clone();
         let mut s = vec![
-            set(
-                dy,
-                act_back(grad_at(y, x), Val::load(bufs.saved, at.clone()), act),
-            ),
+            set(a, Val::load(bufs.saved, at.clone())),
+            set(dy, act_back(grad_at(y, x), get(a), act)),
             store(bufs.out, at.clone(), get(dy)),
             set(s1, get(s1) + get(dy)),
         ];
