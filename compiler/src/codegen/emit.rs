@@ -414,7 +414,7 @@ impl Emitter<'_, '_> {
                 if *k > 0 && (*k as u64).is_power_of_two() {
                     // Floor division by 2^s is an arithmetic shift (Cranelift would emit
                     // `idiv`, tens of cycles).
-                    self.b.ins().sshr_imm(a, i64::from(k.trailing_zeros()))
+                    self.b.ins().sshr_imm_s(a, i64::from(k.trailing_zeros()))
                 } else {
                     self.b.ins().sdiv_imm_s(a, *k)
                 }
@@ -484,7 +484,7 @@ impl Emitter<'_, '_> {
                 i
             }
         };
-        let scaled = self.b.ins().ishl_imm(i, 2);
+        let scaled = self.b.ins().ishl_imm_u(i, 2);
         Ok((self.b.ins().iadd(base, scaled), off))
     }
 
