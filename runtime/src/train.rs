@@ -8,10 +8,11 @@
 //! the same bits. Weight gradients are per-thread partials summed in thread order after the
 //! scope. The result depends only on the inputs, the parameters and the thread count.
 
+mod exchange;
 mod footprint;
 mod numerics;
 
-use std::sync::{Barrier, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -28,6 +29,7 @@ use bnc_compiler::passes::{Mode, PassError, PassManager};
 use crate::sgd::{Sgd, SgdParam};
 use crate::train_bwd::{BnSums, Stats, backward_elementwise, lane_sum};
 use crate::weights::{ParamStore, WeightsError};
+use exchange::Exchange;
 
 pub use footprint::{Footprint, MAX_TRAIN_BYTES, footprint};
 pub use numerics::{NonFinite, Site};
@@ -179,35 +181,6 @@ struct ThreadOut {
     correct: usize,
     /// Per BatchNorm layer: merged batch statistics and backward sums.
     bn: Vec<Option<(Stats, BnSums)>>,
-}
-
-/// Partial results exchanged between the threads of one step.
-struct Exchange {
-    slots: Vec<Mutex<Vec<f64>>>,
-    barrier: Barrier,
-}
-
-impl Exchange {
-    fn new(threads: usize) -> Exchange {
-        Exchange {
-            slots: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
-            barrier: Barrier::new(threads),
-        }
-    }
-
-    /// Publishes thread `t`'s partial and returns everyone's, in thread order.
-    fn all_gather(&self, t: usize, data: Vec<f64>) -> Vec<Vec<f64>> {
-        *self.slots[t].lock().unwrap_or_else(|e| e.into_inner()) = data;
-        self.barrier.wait();
-        let all = self
-            .slots
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect();
-        // Nobody may publish the next partial before everyone has read this one.
-        self.barrier.wait();
-        all
-    }
 }
 
 /// A model compiled for training, with its parameters and optimizer state.
