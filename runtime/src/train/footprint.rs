@@ -62,6 +62,8 @@ pub(super) fn check(plan: &TrainPlan, cfg: &TrainConfig) -> Result<Footprint, Tr
         if l.pool.is_some() {
             per_image += out;
         }
+        // The per-image sums of the pool/activation backward: Σdy (and Σdy·x̂).
+        per_image += if l.bn.is_some() { 2 * c } else { c };
         // Partial weight and bias gradients and the statistics of one thread.
         per_thread += weight + 4 * c;
     }
@@ -122,8 +124,9 @@ mod tests {
         let fp = footprint(&g, &cfg(8, 2)).unwrap();
         // weight 3x4 = 12, bias 3: 3 * 15 + 2 * 12 = 69 floats.
         assert_eq!(fp.params, 69 * 4);
-        // Per image: a, d_z (3 each) and d_out (3); per thread 12 + 4 * 3; 2 threads of 4.
-        assert_eq!(fp.buffers, 2 * (4 * 9 + 24) * 4);
+        // Per image: a, d_z, d_out and the backward's sums (3 each); per thread 12 + 4 * 3;
+        // 2 threads of 4.
+        assert_eq!(fp.buffers, 2 * (4 * 12 + 24) * 4);
     }
 
     /// Shapes that each pass shape inference but together need far too much are refused,
