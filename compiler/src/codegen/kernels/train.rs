@@ -117,6 +117,40 @@ pub(super) fn lane_sum(l: Buf, base: usize) -> Val {
         .expect("four lanes")
 }
 
+/// Two sums kept per lane: a one-trip `Vector` loop over the lane variable `j` zeroes the
+/// registers `r`, runs `inner` (which addresses element `4 * i + j`, so each lane sums its
+/// own elements), and parks the lanes in `lanes` (8 floats); after it, the registers `r`
+/// hold the scalar totals, the lanes added in a fixed order.
+pub(super) fn lane_sums(j: IVar, r: [u32; 2], lanes: Buf, inner: Stmt) -> Vec<Stmt> {
+    vec![
+        on_lanes(
+            j,
+            vec![
+                set(r[0], Val::Const(0.0)),
+                set(r[1], Val::Const(0.0)),
+                inner,
+                store(lanes, v(j), get(r[0])),
+                store(lanes, v(j) + 4usize, get(r[1])),
+            ],
+        ),
+        set(r[0], lane_sum(lanes, 0)),
+        set(r[1], lane_sum(lanes, 4)),
+    ]
+}
+
+/// A one-trip `Vector` loop over the lane variable `j` (`0..4`): inside, `j` is lane `k`'s
+/// own `k`, so serial loops that address `4 * i + j` keep one partial result per lane.
+fn on_lanes(j: IVar, body: Vec<Stmt>) -> Stmt {
+    Stmt::Loop {
+        var: j,
+        lo: 0usize.into(),
+        hi: 4usize.into(),
+        step: 4,
+        kind: LoopKind::Vector,
+        body,
+    }
+}
+
 /// Statistics of the `c` planes of `hw` pixels of image `n` in `z`, added to `s` (layout of
 /// [`crate::codegen::train_stats`]); the prologue zeroes the sums. The shift is the first pixel
 /// of the channel in the first image of the call, which is written before any image's stats.
@@ -140,42 +174,32 @@ fn plane_stats(
         ],
     )];
     let (ch, j, i4, t) = (b.var(), b.var(), b.var(), b.var());
-    let (a1, a2, d, r1, r2, e) = (b.reg(), b.reg(), b.reg(), b.reg(), b.reg(), b.reg());
+    let (r1, r2, d, e) = (b.reg(), b.reg(), b.reg(), b.reg());
     let lanes = b.local(8);
     let plane = (v(n) * c + v(ch)) * hw;
     let shift = || Val::load(z, (v(N_BEGIN) * c + v(ch)) * hw);
     let full = hw / 4 * 4;
     let mut body = Vec::new();
     if full > 0 {
-        body.push(Stmt::Loop {
-            var: j,
-            lo: 0usize.into(),
-            hi: 4usize.into(),
-            step: 4,
-            kind: LoopKind::Vector,
-            body: vec![
-                set(a1, Val::Const(0.0)),
-                set(a2, Val::Const(0.0)),
-                for_(
-                    i4,
-                    0usize,
-                    hw / 4,
-                    LoopKind::Serial,
-                    vec![
-                        set(
-                            d,
-                            Val::load(z, plane.clone() + v(i4) * 4usize + v(j)) - shift(),
-                        ),
-                        set(a1, get(a1) + get(d)),
-                        set(a2, Val::fma(get(d), get(d), get(a2))),
-                    ],
-                ),
-                store(lanes, v(j), get(a1)),
-                store(lanes, v(j) + 4usize, get(a2)),
-            ],
-        });
-        body.push(set(r1, lane_sum(lanes, 0)));
-        body.push(set(r2, lane_sum(lanes, 4)));
+        body.extend(lane_sums(
+            j,
+            [r1, r2],
+            lanes,
+            for_(
+                i4,
+                0usize,
+                hw / 4,
+                LoopKind::Serial,
+                vec![
+                    set(
+                        d,
+                        Val::load(z, plane.clone() + v(i4) * 4usize + v(j)) - shift(),
+                    ),
+                    set(r1, get(r1) + get(d)),
+                    set(r2, Val::fma(get(d), get(d), get(r2))),
+                ],
+            ),
+        ));
     } else {
         body.push(set(r1, Val::Const(0.0)));
         body.push(set(r2, Val::Const(0.0)));
@@ -398,13 +422,9 @@ fn conv_grad_w(
                     ),
                 ];
                 let lane = slot.clone() * 4usize + v(j);
-                per_row.push(Stmt::Loop {
-                    var: j,
-                    lo: 0usize.into(),
-                    hi: 4usize.into(),
-                    step: 4,
-                    kind: LoopKind::Vector,
-                    body: vec![
+                per_row.push(on_lanes(
+                    j,
+                    vec![
                         each(vec![Stmt::Set {
                             reg: reg(acc, at(v(c), v(kx))),
                             val: Val::load(lanes, lane.clone()),
@@ -416,7 +436,7 @@ fn conv_grad_w(
                             Val::Get(reg(acc, at(v(c), v(kx)))),
                         )]),
                     ],
-                });
+                ));
             }
             if full * 4 < ow {
                 per_row.push(each(vec![Stmt::Set {

@@ -8,7 +8,7 @@
 //! instead, and then each image's sums are its own values.
 
 use super::simple::{map, per_image};
-use super::train::{get, lane_sum, set, store};
+use super::train::{get, lane_sums, set, store};
 use crate::codegen::loop_ir::{
     Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, split, v,
 };
@@ -196,36 +196,20 @@ fn plane(
     } else {
         LoopKind::Serial
     };
-    let mut body = vec![
-        Stmt::Loop {
-            var: j,
-            lo: 0usize.into(),
-            hi: 4usize.into(),
-            step: 4,
-            kind: LoopKind::Vector,
-            body: vec![
-                set(s1, Val::Const(0.0)),
-                set(s2, Val::Const(0.0)),
-                for_(
-                    y,
-                    0usize,
-                    rows,
-                    LoopKind::Serial,
-                    vec![for_(
-                        x4,
-                        0usize,
-                        full,
-                        unroll_cols,
-                        pixel(v(y), v(x4) * 4usize + v(j)),
-                    )],
-                ),
-                store(lanes, v(j), get(s1)),
-                store(lanes, v(j) + 4usize, get(s2)),
-            ],
-        },
-        set(s1, lane_sum(lanes, 0)),
-        set(s2, lane_sum(lanes, 4)),
-    ];
+    let rows_cols = for_(
+        y,
+        0usize,
+        rows,
+        LoopKind::Serial,
+        vec![for_(
+            x4,
+            0usize,
+            full,
+            unroll_cols,
+            pixel(v(y), v(x4) * 4usize + v(j)),
+        )],
+    );
+    let mut body = lane_sums(j, [s1, s2], lanes, rows_cols);
     if full * 4 < cols {
         body.push(for_(
             y,
