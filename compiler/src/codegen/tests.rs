@@ -85,7 +85,8 @@ const ACTS: [Activation; 4] = [
     Activation::Tanh,
 ];
 
-fn act() -> impl Strategy<Value = Activation> {
+/// Any of the four activations.
+pub(super) fn act() -> impl Strategy<Value = Activation> {
     prop::sample::select(ACTS.to_vec())
 }
 

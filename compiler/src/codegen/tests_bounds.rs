@@ -6,18 +6,9 @@ use proptest::prelude::*;
 
 use super::bounds::{self, extents};
 use super::loop_ir::{Buf, Guard, Idx, KernelBuilder, LoopKind, Stmt, Val, for_, v};
+use super::tests::act;
 use super::*;
 
-fn act() -> impl Strategy<Value = Activation> {
-    prop::sample::select(vec![
-        Activation::None,
-        Activation::Relu,
-        Activation::Sigmoid,
-        Activation::Tanh,
-    ])
-}
-
-/// Windows up to 3 with strides up to 3 and padding up to half the window.
 /// Disjoint average windows, the pools `PoolActBack` differentiates.
 fn back_pool() -> impl Strategy<Value = Pool2d> {
     (1usize..4, 1usize..4).prop_map(|(kh, kw)| Pool2d {
@@ -29,6 +20,7 @@ fn back_pool() -> impl Strategy<Value = Pool2d> {
     })
 }
 
+/// Windows up to 3 with strides up to 3 and padding up to half the window.
 fn pool() -> impl Strategy<Value = Pool2d> {
     (
         any::<bool>(),

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use super::tests::{Lcg, metric, random_inputs};
+use super::tests::{Lcg, act, metric, random_inputs};
 use super::*;
 
 /// Runs a training spec on `n` random images through the JIT and the reference; returns the
@@ -33,15 +33,6 @@ fn train_error(spec: KernelSpec, n: usize, seed: u64) -> f32 {
 }
 
 const TOL: f32 = 1e-4;
-
-fn act() -> impl Strategy<Value = Activation> {
-    prop::sample::select(vec![
-        Activation::None,
-        Activation::Relu,
-        Activation::Sigmoid,
-        Activation::Tanh,
-    ])
-}
 
 fn pool() -> impl Strategy<Value = Pool2d> {
     (any::<bool>(), 2usize..4, 1usize..3, 0usize..2).prop_map(|(max, k, s, p)| Pool2d {
