@@ -6,15 +6,19 @@
 //! register-blocked inner loops into spills, so the emitter does the few optimizations that
 //! matter itself: index expressions are folded to an affine form whose constant part becomes
 //! the load's immediate offset, and the variable part of every address is computed once per
-//! loop body (a scoped cache) rather than once per load. Inside `Vector` loops it picks
+//! loop body (a scoped cache) rather than once per load. The part of an index that does not
+//! depend on the innermost loop is summed once before that loop, and so is every load of a
+//! read-only parameter whose index does not move in it (a per-channel coefficient is one
+//! broadcast per plane, not per vector). Inside `Vector` loops it picks
 //! broadcast, vector load, guarded vector load (a fast unguarded path plus a per-lane slow
 //! path), or per-lane gather from the lane stride of each index expression.
 
 use std::collections::HashMap;
 
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    BlockArg, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value, types,
+    BlockArg, Inst, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value, types,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
 
@@ -32,13 +36,9 @@ const LANES: i64 = 4;
 enum Bind {
     /// A constant, inside an unrolled loop.
     Const(i64),
-    /// A loop counter; `stride` is its per-lane increment (1 for the vector loop's counter).
-    Var {
-        var: Variable,
-        key: u32,
-        stride: i64,
-    },
-    /// A `Let` value or argument; `stride` is `None` if it depends non-affinely on lanes.
+    /// A loop counter (its header's block parameter), a `Let` value or an argument; `stride`
+    /// is its per-lane increment (1 for the vector loop's counter), `None` if it depends
+    /// non-affinely on lanes.
     Val {
         val: Value,
         key: u32,
@@ -53,6 +53,19 @@ struct Affine {
 }
 
 type AddrKey = Vec<(u32, i64)>;
+
+/// A loop being emitted, seen from its body: where code that does not depend on it can go.
+struct Frame {
+    /// The jump from the preheader into the loop's header; hoisted code goes before it.
+    entry: Inst,
+    /// Whether the loop has constant bounds and runs at least once, so that a load placed
+    /// before it reads nothing the loop itself would not.
+    runs: bool,
+    /// Index sums computed before the loop, by their terms.
+    sums: HashMap<AddrKey, Value>,
+    /// Read-only values loaded before the loop, by buffer, index terms, constant and width.
+    loads: HashMap<(Buf, AddrKey, i64, bool), Value>,
+}
 
 /// Emits `kernel` into the function of `b`, whose signature is `(ptr, i64, i64)`.
 pub(crate) fn emit_kernel(kernel: &Kernel, b: &mut FunctionBuilder) -> Result<(), CodegenError> {
@@ -85,6 +98,9 @@ pub(crate) fn emit_kernel(kernel: &Kernel, b: &mut FunctionBuilder) -> Result<()
         reg_width: HashMap::new(),
         cache: vec![HashMap::new()],
         next_key: 0,
+        frames: Vec::new(),
+        depth: HashMap::new(),
+        read_only: &kernel.read_only,
     };
     for (var, val) in [(N_BEGIN, args[1]), (N_END, args[2])] {
         let key = em.fresh_key();
@@ -118,6 +134,11 @@ struct Emitter<'a, 'f> {
     /// value always dominates its later uses.
     cache: Vec<HashMap<AddrKey, Value>>,
     next_key: u32,
+    /// The loops around the emission point, outermost first.
+    frames: Vec<Frame>,
+    /// The number of loops around the definition of each binding key.
+    depth: HashMap<u32, usize>,
+    read_only: &'a [Buf],
 }
 
 /// Memory accesses never trap (kernels are only entered with full-size buffers) but are not
@@ -141,6 +162,7 @@ impl Emitter<'_, '_> {
 
     fn fresh_key(&mut self) -> u32 {
         self.next_key += 1;
+        self.depth.insert(self.next_key, self.frames.len());
         self.next_key
     }
 
@@ -194,6 +216,9 @@ impl Emitter<'_, '_> {
                 Ok(())
             }
             Stmt::Store { buf, idx, val } => {
+                if self.read_only.contains(buf) {
+                    return Err(self.bad("a store to a read-only buffer"));
+                }
                 let x = self.val(val)?;
                 if self.vec && self.stride(idx)? != Some(1) {
                     // A scatter: lanes do not land on consecutive floats.
@@ -237,26 +262,43 @@ impl Emitter<'_, '_> {
             if vector && (self.vec || step % LANES != 0) {
                 return Err(self.bad("vector loops must not nest and must step by whole vectors"));
             }
+            let runs = match (self.affine(lo, 0)?, self.affine(hi, 0)?) {
+                (Some(l), Some(h)) if l.terms.is_empty() && h.terms.is_empty() => {
+                    if l.c >= h.c {
+                        // A loop with constant bounds that never runs (the tail of a split
+                        // loop whose length divides evenly) emits nothing.
+                        return Ok(());
+                    }
+                    true
+                }
+                _ => false,
+            };
             let lo_v = self.idx_value(lo, 0)?;
             let hi_v = self.idx_value(hi, 0)?;
-            let counter = self.b.declare_var(types::I64);
-            self.b.def_var(counter, lo_v);
+            // The counter is the header's block parameter, so it dominates the whole body
+            // and code hoisted into inner preheaders may use it.
             let header = self.b.create_block();
+            let i = self.b.append_block_param(header, types::I64);
             let body_block = self.b.create_block();
             let exit = self.b.create_block();
-            self.b.ins().jump(header, &[]);
+            let entry = self.b.ins().jump(header, &[BlockArg::Value(lo_v)]);
             self.b.switch_to_block(header);
-            let i = self.b.use_var(counter);
             let more = self.b.ins().icmp(IntCC::SignedLessThan, i, hi_v);
             self.b.ins().brif(more, body_block, &[], exit, &[]);
             self.b.switch_to_block(body_block);
+            self.frames.push(Frame {
+                entry,
+                runs,
+                sums: HashMap::new(),
+                loads: HashMap::new(),
+            });
             let key = self.fresh_key();
             self.env.insert(
                 var,
-                Bind::Var {
-                    var: counter,
+                Bind::Val {
+                    val: i,
                     key,
-                    stride: i64::from(vector),
+                    stride: Some(i64::from(vector)),
                 },
             );
             let outer_vec = self.vec;
@@ -265,10 +307,9 @@ impl Emitter<'_, '_> {
             self.stmts(body)?;
             self.cache.pop();
             self.vec = outer_vec;
-            let i = self.b.use_var(counter);
+            self.frames.pop();
             let next = self.b.ins().iadd_imm_s(i, step);
-            self.b.def_var(counter, next);
-            self.b.ins().jump(header, &[]);
+            self.b.ins().jump(header, &[BlockArg::Value(next)]);
             self.b.switch_to_block(exit);
         }
         match saved {
@@ -288,13 +329,6 @@ impl Emitter<'_, '_> {
             },
             Idx::Var(v) => match self.bind(*v)? {
                 Bind::Const(c) => Affine { terms: vec![], c },
-                Bind::Var { var, key, stride } => {
-                    let val = self.b.use_var(var);
-                    Affine {
-                        terms: vec![(key, val, 1)],
-                        c: lane * stride,
-                    }
-                }
                 Bind::Val { val, key, stride } => {
                     let s = if lane == 0 {
                         0
@@ -437,7 +471,6 @@ impl Emitter<'_, '_> {
             Idx::Const(_) => Some(0),
             Idx::Var(v) => match self.bind(*v)? {
                 Bind::Const(_) => Some(0),
-                Bind::Var { stride, .. } => Some(stride),
                 Bind::Val { stride, .. } => stride,
             },
             Idx::Add(a, b) => self.stride(a)?.zip(self.stride(b)?).map(|(a, b)| a + b),
@@ -474,9 +507,7 @@ impl Emitter<'_, '_> {
         let i = match self.cache.iter().rev().find_map(|scope| scope.get(&key)) {
             Some(&i) => i,
             None => {
-                let i = self
-                    .sum_terms(&a.terms, 1, None)
-                    .expect("at least one term");
+                let i = self.index_sum(&a.terms);
                 self.cache
                     .last_mut()
                     .expect("the root scope is never popped")
@@ -486,6 +517,78 @@ impl Emitter<'_, '_> {
         };
         let scaled = self.b.ins().ishl_imm_u(i, 2);
         Ok((self.b.ins().iadd(base, scaled), off))
+    }
+
+    /// `Σ terms` (not empty), with the terms that do not depend on the innermost loop summed
+    /// before it.
+    fn index_sum(&mut self, terms: &[(u32, Value, i64)]) -> Value {
+        let len = self.frames.len();
+        let (outer, inner): (Vec<(u32, Value, i64)>, Vec<_>) =
+            terms.iter().partition(|t| self.depth[&t.0] < len);
+        if outer.len() < 2 && outer.iter().all(|t| t.2 == 1) {
+            return self.sum_terms(terms, 1, None).expect("at least one term");
+        }
+        let at = outer
+            .iter()
+            .map(|t| self.depth[&t.0])
+            .max()
+            .expect("not empty");
+        let key: AddrKey = outer.iter().map(|t| (t.0, t.2)).collect();
+        let hoisted = match self.frames[at].sums.get(&key) {
+            Some(&v) => v,
+            None => {
+                let mut pos = FuncCursor::new(self.b.func).at_inst(self.frames[at].entry);
+                let v = sum_at(&mut pos, &outer).expect("not empty");
+                self.frames[at].sums.insert(key, v);
+                v
+            }
+        };
+        self.sum_terms(&inner, 1, Some(hoisted))
+            .expect("the hoisted part")
+    }
+
+    /// `buf[idx]` loaded once before the outermost loop it does not depend on, if `buf` is
+    /// read-only, `idx` is the same on every lane and every loop from there in runs.
+    fn hoisted_load(&mut self, buf: Buf, idx: &Idx) -> Result<Option<Value>, CodegenError> {
+        if !self.read_only.contains(&buf) || (self.vec && self.stride(idx)? != Some(0)) {
+            return Ok(None);
+        }
+        let Some(a) = self.affine(idx, 0)? else {
+            return Ok(None);
+        };
+        let len = self.frames.len();
+        let after = a.terms.iter().map(|t| self.depth[&t.0]).max().unwrap_or(0);
+        // The outermost frame at or inside `after` from which every loop runs.
+        let Some(at) = (after..len).find(|&k| self.frames[k..].iter().all(|f| f.runs)) else {
+            return Ok(None);
+        };
+        let key = (
+            buf,
+            a.terms.iter().map(|t| (t.0, t.2)).collect(),
+            a.c,
+            self.vec,
+        );
+        if let Some(&x) = self.frames[at].loads.get(&key) {
+            return Ok(Some(x));
+        }
+        let off = i32::try_from(4 * a.c).map_err(|_| self.bad("offset exceeds 32 bits"))?;
+        let base = self.base(buf);
+        let mut pos = FuncCursor::new(self.b.func).at_inst(self.frames[at].entry);
+        let p = match sum_at(&mut pos, &a.terms) {
+            Some(i) => {
+                let scaled = pos.ins().ishl_imm_u(i, 2);
+                pos.ins().iadd(base, scaled)
+            }
+            None => base,
+        };
+        let x = pos.ins().load(types::F32, flags(), p, off);
+        let x = if self.vec {
+            pos.ins().splat(types::F32X4, x)
+        } else {
+            x
+        };
+        self.frames[at].loads.insert(key, x);
+        Ok(Some(x))
     }
 
     /// The conjunction of `guards` at lane `lane`, or `None` when there are none.
@@ -544,6 +647,11 @@ impl Emitter<'_, '_> {
     }
 
     fn load(&mut self, buf: Buf, idx: &Idx, guards: &[Guard]) -> Result<Value, CodegenError> {
+        if guards.is_empty()
+            && let Some(x) = self.hoisted_load(buf, idx)?
+        {
+            return Ok(x);
+        }
         if !self.vec {
             return self.load_lane(buf, idx, guards, 0);
         }
@@ -749,4 +857,21 @@ impl Emitter<'_, '_> {
             }
         })
     }
+}
+
+/// `Σ coef * value` at `pos`, or `None` for no terms.
+fn sum_at(pos: &mut FuncCursor, terms: &[(u32, Value, i64)]) -> Option<Value> {
+    let mut acc = None;
+    for &(_, v, c) in terms {
+        let t = if c == 1 {
+            v
+        } else {
+            pos.ins().imul_imm_s(v, c)
+        };
+        acc = Some(match acc {
+            Some(a) => pos.ins().iadd(a, t),
+            None => t,
+        });
+    }
+    acc
 }

@@ -345,6 +345,10 @@ pub struct Kernel {
     pub params: u32,
     /// The length in floats of each local array.
     pub locals: Vec<usize>,
+    /// Parameters the kernel only reads and that no output aliases (per-channel
+    /// coefficients): the emitter may load them once before a loop instead of on every
+    /// iteration. A store to one of them is malformed IR.
+    pub read_only: Vec<Buf>,
     /// The body; the batch range is `N_BEGIN..N_END`.
     pub body: Vec<Stmt>,
 }
@@ -355,6 +359,7 @@ pub struct KernelBuilder {
     next_var: u32,
     next_reg: u32,
     locals: Vec<usize>,
+    read_only: Vec<Buf>,
 }
 
 impl Default for KernelBuilder {
@@ -370,6 +375,7 @@ impl KernelBuilder {
             next_var: 2,
             next_reg: 0,
             locals: Vec::new(),
+            read_only: Vec::new(),
         }
     }
     /// A fresh index variable.
@@ -387,12 +393,17 @@ impl KernelBuilder {
         self.locals.push(len);
         Buf::Local(self.locals.len() as u32 - 1)
     }
+    /// Declares parameters read-only (see [`Kernel::read_only`]).
+    pub fn read_only(&mut self, bufs: &[Buf]) {
+        self.read_only.extend_from_slice(bufs);
+    }
     /// Finishes the kernel.
     pub fn finish(self, name: String, params: u32, body: Vec<Stmt>) -> Kernel {
         Kernel {
             name,
             params,
             locals: self.locals,
+            read_only: self.read_only,
             body,
         }
     }

@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 
+use super::loop_ir::{Buf, KernelBuilder, LoopKind, Stmt, Val, for_, v};
 use super::tests::{Lcg, act, metric, random_inputs};
 use super::*;
 
@@ -196,4 +197,69 @@ fn batch_stats_survive_a_large_mean() {
         let naive = sxx / m as f32 - (sx / m as f32).powi(2);
         assert!((f64::from(naive) - var).abs() > 0.5 * var);
     }
+}
+
+/// The per-channel coefficients of the BatchNorm kernels are read-only, so each is loaded
+/// (and broadcast) once per plane before the element loop; without the hoisting every
+/// vector of the loop reloads them with `vbroadcastss` from memory.
+#[test]
+fn channel_coefficients_are_loaded_once_per_plane() {
+    for spec in [
+        KernelSpec::BnBackDx { c: 3, h: 6, w: 8 },
+        KernelSpec::BnActPool {
+            c: 3,
+            h: 6,
+            w: 8,
+            act: Activation::Relu,
+            pool: Pool2d {
+                kind: PoolKind::Avg,
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0, 0],
+                count_include_pad: true,
+            },
+        },
+    ] {
+        let jit = JitKernels::compile_with_text(&[spec]).expect("compiles");
+        let asm = jit.disasm(0).expect("text");
+        assert!(asm.contains("vbroadcastss %xmm"), "{spec:?}:\n{asm}");
+        // Constants are broadcast from the constant pool (`%rip`); nothing else may be.
+        let reloads = asm
+            .lines()
+            .filter(|l| l.contains("vbroadcastss (") && !l.contains("(%rip)"));
+        assert_eq!(reloads.count(), 0, "{spec:?}:\n{asm}");
+        assert!(train_error(spec, 3, 7) < TOL, "{spec:?}");
+    }
+}
+
+/// A kernel that stores to a parameter it declared read-only is malformed: the emitter may
+/// have hoisted that parameter's loads out of the loop that writes it.
+#[test]
+fn store_to_read_only_buffer_is_malformed() {
+    let mut b = KernelBuilder::new();
+    let i = b.var();
+    b.read_only(&[Buf::Param(1)]);
+    let body = vec![for_(
+        i,
+        0usize,
+        4usize,
+        LoopKind::Serial,
+        vec![Stmt::Store {
+            buf: Buf::Param(1),
+            idx: v(i),
+            val: Val::load(Buf::Param(0), v(i)),
+        }],
+    )];
+    let kernel = b.finish("bad".into(), 2, body);
+    let spec = KernelSpec::Unary {
+        len: 4,
+        act: Activation::None,
+    };
+    let e = JitKernels::build(vec![(spec, kernel)], false)
+        .err()
+        .expect("rejected");
+    assert_eq!(
+        e.to_string(),
+        "kernel bad: malformed loop ir: a store to a read-only buffer"
+    );
 }

@@ -82,6 +82,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
             pool,
         } => {
             let (scale, shift, out) = (Buf::Param(1), Buf::Param(2), Buf::Param(3));
+            b.read_only(&[scale, shift]);
             let body = if h * w == 1 && pool.is_none() {
                 // One value per channel (a dense layer): the channels go on the lanes.
                 per_image(&mut b, |b, n| {

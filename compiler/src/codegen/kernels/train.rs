@@ -271,6 +271,7 @@ fn bn_act_pool(
     );
     let (oh, ow) = pool.out_hw(h, w);
     let mut b = KernelBuilder::new();
+    b.read_only(&[scale, shift]);
     let body = per_image(&mut b, |b, n| {
         let ch = b.var();
         let plane = v(n) * c + v(ch);

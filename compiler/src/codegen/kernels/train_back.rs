@@ -95,6 +95,9 @@ fn pool_act_back(
     let (bufs, params) = Bufs::new(bn);
     let nsums = crate::codegen::pool_act_back_sums(c, bn);
     let mut b = KernelBuilder::new();
+    if let Some((_, mean, inv)) = bufs.bn {
+        b.read_only(&[mean, inv]);
+    }
     let body = if h * w == 1 && pool.is_none() {
         per_image(&mut b, |b, n| features(b, &bufs, n, c, act, nsums))
     } else {
@@ -253,6 +256,7 @@ fn plane(
 fn bn_back_dx(index: usize, c: usize, hw: usize) -> Kernel {
     let (z, dy, coef, out) = (Buf::Param(0), Buf::Param(1), Buf::Param(2), Buf::Param(3));
     let mut b = KernelBuilder::new();
+    b.read_only(&[coef]);
     let f = |at: Idx, ch: Idx| {
         let centered = Val::load(z, at.clone()) - Val::load(coef, ch.clone() + 3 * c);
         let bz = Val::fma(
