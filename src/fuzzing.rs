@@ -38,16 +38,14 @@ pub fn ir(bytes: &[u8]) -> String {
         Err(e) => e.to_string(),
     };
     let mut g_train = g.clone();
-    let train = match PassManager::for_mode(Mode::Train).run(&mut g_train, Mode::Train) {
+    let trained = PassManager::for_mode(Mode::Train).run(&mut g_train, Mode::Train);
+    let train = match &trained {
         Ok(_) => format!("{} outputs", g_train.outputs().len()),
         Err(e) => e.to_string(),
     };
-    // The JIT trainer's plan is built from the graph before autodiff.
-    let mut g_plan = g.clone();
-    let planned = PassManager::new(&["infer-shapes", "lower-batch-norm", "attach-loss"])
-        .and_then(|mut pm| pm.run(&mut g_plan, Mode::Train));
-    let plan = match planned {
-        Ok(_) => match train::plan(&g_plan) {
+    // The JIT trainer's plan is built from the default train pipeline's output.
+    let plan = match trained {
+        Ok(_) => match train::plan(&g_train) {
             Ok(plan) => format!("{} layers", plan.layers.len()),
             Err(e) => e.to_string(),
         },

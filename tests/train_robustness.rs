@@ -267,7 +267,7 @@ fn a_diverging_run_stops_with_the_first_non_finite_value() {
         assert_eq!(out.lines().count(), 1, "only the header: {out}");
         assert!(err.starts_with("error: epoch 1, batch "), "{err}");
         assert!(err.contains(": non-finite value "), "{err}");
-        // The site names an IR node with its op: "`bn2` (batch_norm_train)".
+        // The site names an IR node with its op: "`bn2.stats` (batch_stats)".
         assert!(err.contains("` (") && err.contains(')'), "{err}");
         assert!(
             err.contains("training diverged (--lr 100 may be too large)"),

@@ -143,6 +143,10 @@ struct LayerKernels {
 struct LayerParams {
     weight: usize,
     bias: Option<usize>,
+    /// The bias `redundant-bias` removed from before the BatchNorm: still a parameter (saved,
+    /// loaded, subject to weight decay, as in PyTorch) with a gradient of exactly zero, and
+    /// added to the batch mean in the running-mean update, which is the one place it shows.
+    cancelled_bias: Option<usize>,
     /// gamma, beta, running mean, running variance.
     bn: Option<(usize, usize, Vec<f32>, Vec<f32>)>,
     /// The weight in the forward kernel's layout.
@@ -313,6 +317,11 @@ impl Trainer {
             let c = [l.channels];
             let weight = add(&l.weight, &l.weight_shape)?;
             let bias = l.bias.as_deref().map(|b| add(b, &c)).transpose()?;
+            let cancelled_bias = match (&l.bias, &l.bn) {
+                (None, Some(_)) => model_bias(model, &l.nodes.linear.name),
+                _ => None,
+            };
+            let cancelled_bias = cancelled_bias.map(|b| add(&b, &c)).transpose()?;
             let bn = match &l.bn {
                 Some(bn) => {
                     let gamma = add(&bn.gamma, &c)?;
@@ -326,6 +335,7 @@ impl Trainer {
             layers.push(LayerParams {
                 weight,
                 bias,
+                cancelled_bias,
                 bn,
                 w_fwd: Vec::new(),
                 w_bwd: Vec::new(),
@@ -534,8 +544,11 @@ impl Trainer {
                 } else {
                     1.0
                 };
+                // The batch mean of `z + b`, as the model (with its bias) defines it.
+                let bias = lp.cancelled_bias.map(|b| &self.sgd.params[b].value);
                 for c in 0..l.channels {
-                    rm[c] = (m * f64::from(rm[c]) + (1.0 - m) * stats.mean[c]) as f32;
+                    let mean = stats.mean[c] + bias.map_or(0.0, |b| f64::from(b[c]));
+                    rm[c] = (m * f64::from(rm[c]) + (1.0 - m) * mean) as f32;
                     rv[c] = (m * f64::from(rv[c]) + (1.0 - m) * stats.var[c] * unbias) as f32;
                 }
             }
@@ -605,14 +618,27 @@ impl Trainer {
     }
 }
 
-/// The training plan of `model` (as parsed): the train pipeline, then `lower::train::plan`.
+/// The training plan of `model` (as parsed): the default train pipeline (what `bnc compile
+/// --mode train` prints, `fuse-bn-train` included), then `lower::train::plan` on its output.
 fn train_plan(model: &Graph) -> Result<TrainPlan, TrainError> {
     let mut g = model.clone();
-    PassManager::new(&["infer-shapes", "lower-batch-norm", "attach-loss", "dce"])?
-        .run(&mut g, Mode::Train)?;
+    PassManager::for_mode(Mode::Train).run(&mut g, Mode::Train)?;
     let plan = plan(&g)?;
     computed_params(&g, &plan)?;
     Ok(plan)
+}
+
+/// The bias parameter of the conv2d or dense node `name` in `model` (as parsed), if it has
+/// one.
+fn model_bias(model: &Graph, name: &str) -> Option<String> {
+    let id = model.lookup(name)?;
+    let has_bias = match model.node(id).op()? {
+        Op::Conv2d(a) => a.bias,
+        Op::Dense(a) => a.bias,
+        _ => false,
+    };
+    let ops = model.operands(id);
+    (has_bias && ops.len() > 2).then(|| model.node(ops[2]).name.clone())
 }
 
 fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
@@ -798,9 +824,6 @@ impl StepCtx<'_> {
                     },
                 );
                 out.bn[i] = Some(((*s).clone(), sums));
-                // A bias that feeds a train-mode BatchNorm has a zero gradient: its shift
-                // of z is cancelled by the batch mean (the identity `redundant-bias` uses),
-                // so gb stays zero.
             } else if lp.bias.is_some() {
                 if lk.back.is_some() {
                     // Without BatchNorm, Σdy is the bias gradient.

@@ -117,7 +117,7 @@ fn the_guard_names_the_node_that_produced_the_value() {
     assert_eq!(output_of(&e), ("act2", "sigmoid", vec!["bn2"], 0));
     assert!(
         e.to_string().contains(
-            "the output of `act2` (sigmoid), computed in one kernel with `bn2` (batch_norm_train)"
+            "the output of `act2` (sigmoid), computed in one kernel with `bn2` (batch_norm_apply)"
         ),
         "{e}"
     );
@@ -142,7 +142,7 @@ fn the_guard_checks_running_statistics() {
     assert_eq!(
         e.to_string(),
         "non-finite value inf in `bn2.running_var` after the running-statistics update of \
-         `bn2` (batch_norm_train)"
+         `bn2.stats` (batch_stats)"
     );
     assert_eq!(t.check_numerics().unwrap_err(), e);
 }

@@ -188,14 +188,13 @@ fn annotations(
             }
         }
         Mode::Train => {
-            // The training plan is built before autodiff (as the Trainer does); its forward
-            // layers are found in the compiled graph by name.
-            let mut fwd = source.clone();
-            let planned =
-                PassManager::new(&["infer-shapes", "lower-batch-norm", "attach-loss", "dce"])
-                    .and_then(|mut pm| pm.run(&mut fwd, Mode::Train))
-                    .ok()
-                    .and_then(|_| plan(&fwd).ok());
+            // The training plan is built from the default train pipeline's output (as the
+            // Trainer does); its forward layers are found in the compiled graph by name.
+            let mut fused = source.clone();
+            let planned = PassManager::for_mode(Mode::Train)
+                .run(&mut fused, Mode::Train)
+                .ok()
+                .and_then(|_| plan(&fused).ok());
             for layer in planned.map(|p| p.layers).unwrap_or_default() {
                 let nodes: Option<Vec<_>> = layer.name.split('+').map(|n| g.lookup(n)).collect();
                 if let Some(nodes) = nodes {

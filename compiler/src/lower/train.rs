@@ -1,11 +1,17 @@
-//! The training plan (`fuse-bn-train`): from a typed train graph (after `infer-shapes`,
-//! `lower-batch-norm` and `attach-loss`) to layers, each a linear producer with what it
+//! The training plan: from the train graph the default train pipeline leaves (`infer-shapes`,
+//! `lower-batch-norm`, `attach-loss`, `redundant-bias`, `autodiff`, `fuse-bn-train`, `dce`;
+//! what `bnc compile --mode train` prints) to layers, each a linear producer with what it
 //! absorbs, the kernels that run it forward and backward, and what it saves for the backward
-//! pass. A layer is
+//! pass. The layers are read from the forward nodes (those the loss depends on); a layer is
 //!
 //! ```text
-//! conv2d | dense  [-> batch_norm_train]  [-> activation]  [-> pool]     (flatten is a view)
+//! conv2d | dense  [-> batch_stats + batch_norm_apply]  [-> activation]  [-> pool]   (flatten is a view)
 //! ```
+//!
+//! A BatchNorm must be in the form `fuse-bn-train` gives it, its backward included
+//! (`batch_norm_grad_sums` and `batch_norm_grad_apply` on its statistics): those nodes are
+//! what the kernels below compute. An unfused `batch_norm_train` is refused. A conv2d or
+//! dense before a BatchNorm has no bias here when `redundant-bias` removed it.
 //!
 //! and runs as follows (per thread, on its contiguous range of the batch):
 //!
@@ -19,9 +25,9 @@
 //!
 //! Saved for the backward pass: the layer input, `z` (BatchNorm only), `a` and the batch
 //! statistics. A max or overlapping pool has no `PoolActBack`; the runtime runs that
-//! backward in plain Rust. A bias before a BatchNorm is kept as a parameter, but its
-//! gradient is exactly zero (the batch mean cancels any shift of `z`, the identity behind
-//! `redundant-bias`), so no pass computes it.
+//! backward in plain Rust.
+
+use std::collections::HashSet;
 
 use crate::codegen::{Activation, Epilogue, KernelSpec, Pool2d, pool_backward_supported};
 use crate::ir::{BatchNormAttrs, Graph, NodeId, Op, VarConvention};
@@ -79,8 +85,10 @@ impl std::fmt::Display for NodeRef {
 pub struct LayerNodes {
     /// The conv2d or dense node.
     pub linear: NodeRef,
-    /// The train-mode BatchNorm, if any.
+    /// The BatchNorm's `batch_norm_apply` (named as the BatchNorm), if any.
     pub bn: Option<NodeRef>,
+    /// The BatchNorm's `batch_stats`, which also updates the running statistics.
+    pub bn_stats: Option<NodeRef>,
     /// The activation, if any.
     pub act: Option<NodeRef>,
     /// The pool, if any.
@@ -175,15 +183,70 @@ fn unsupported(g: &Graph, id: NodeId, hint: &'static str) -> LowerError {
     }
 }
 
-/// The only user of `id`, if exactly one.
-fn next(g: &Graph, id: NodeId) -> Option<NodeId> {
-    match g.users(id)[..] {
+/// The nodes the loss depends on: the forward pass. After `autodiff` the forward values
+/// also feed backward nodes, which the chain walk must not see.
+fn forward_nodes(g: &Graph) -> HashSet<NodeId> {
+    let mut stack: Vec<NodeId> = (g.node_ids().into_iter())
+        .filter(|&id| matches!(g.node(id).op(), Some(Op::SoftmaxCrossEntropy)))
+        .collect();
+    let mut seen = HashSet::new();
+    while let Some(id) = stack.pop() {
+        if seen.insert(id) {
+            stack.extend(g.operands(id));
+        }
+    }
+    seen
+}
+
+/// The forward users of `id`.
+fn forward_users(g: &Graph, fwd: &HashSet<NodeId>, id: NodeId) -> Vec<(NodeId, u32)> {
+    (g.users(id).into_iter())
+        .filter(|(u, _)| fwd.contains(u))
+        .collect()
+}
+
+/// The only forward user of `id`, if exactly one.
+fn next(g: &Graph, fwd: &HashSet<NodeId>, id: NodeId) -> Option<NodeId> {
+    match forward_users(g, fwd, id)[..] {
         [(u, 0)] => Some(u),
         _ => None,
     }
 }
 
-/// Builds the training plan of a typed train graph.
+/// The BatchNorm `fuse-bn-train` made of the forward users of `x`: `batch_stats(x, ..)`
+/// and `batch_norm_apply(x, stats, γ, β)`, with the statistics used by nothing else forward.
+fn fused_bn(
+    g: &Graph,
+    fwd: &HashSet<NodeId>,
+    x: NodeId,
+) -> Option<(NodeId, NodeId, BatchNormAttrs)> {
+    let users = forward_users(g, fwd, x);
+    let [(a, 0), (b, 0)] = users[..] else {
+        return None;
+    };
+    let (stats, apply) = match (g.node(a).op(), g.node(b).op()) {
+        (Some(Op::BatchStats(_)), Some(Op::BatchNormApply { .. })) => (a, b),
+        (Some(Op::BatchNormApply { .. }), Some(Op::BatchStats(_))) => (b, a),
+        _ => return None,
+    };
+    let Some(Op::BatchStats(attrs)) = g.node(stats).op() else {
+        return None;
+    };
+    let fused = g.operands(apply).get(1) == Some(&stats)
+        && forward_users(g, fwd, stats)[..] == [(apply, 1)];
+    fused.then(|| (stats, apply, attrs.clone()))
+}
+
+/// Whether the backward of the BatchNorm with statistics `stats` is fused as the kernels
+/// compute it: one `batch_norm_grad_sums` and one `batch_norm_grad_apply` reading them.
+fn fused_backward(g: &Graph, stats: NodeId) -> bool {
+    let has =
+        |f: fn(&Op) -> bool| (g.users(stats).iter()).any(|&(u, _)| g.node(u).op().is_some_and(f));
+    has(|op| matches!(op, Op::BatchNormGradSums { .. }))
+        && has(|op| matches!(op, Op::BatchNormGradApply { .. }))
+}
+
+/// Builds the training plan of a train graph after the default train pipeline.
 pub fn plan(g: &Graph) -> Result<TrainPlan, LowerError> {
     let images: Vec<NodeId> = g
         .inputs()
@@ -196,11 +259,19 @@ pub fn plan(g: &Graph) -> Result<TrainPlan, LowerError> {
         });
     };
     let input_dims = image_dims(ty(g, input)?);
+    let fwd = forward_nodes(g);
     let mut layers: Vec<TrainLayer> = Vec::new();
     let mut cur = input;
     let mut in_len: usize = input_dims.iter().product();
     loop {
-        let Some(u) = next(g, cur) else {
+        let Some(u) = next(g, &fwd, cur) else {
+            if let Some((_, apply, _)) = fused_bn(g, &fwd, cur) {
+                return Err(unsupported(
+                    g,
+                    apply,
+                    "the training backend fuses conv2d/dense -> batch_norm -> activation -> pool chains",
+                ));
+            }
             return Err(unsupported(
                 g,
                 cur,
@@ -224,7 +295,7 @@ pub fn plan(g: &Graph) -> Result<TrainPlan, LowerError> {
                 });
             }
             Some(Op::Conv2d(_)) | Some(Op::Dense(_)) => {
-                let (layer, last) = layer(g, u, in_len, layers.is_empty())?;
+                let (layer, last) = layer(g, &fwd, u, in_len, layers.is_empty())?;
                 in_len = layer.out_len;
                 layers.push(layer);
                 cur = last;
@@ -243,6 +314,7 @@ pub fn plan(g: &Graph) -> Result<TrainPlan, LowerError> {
 /// The layer that starts at linear node `first`; returns it and its last node.
 fn layer(
     g: &Graph,
+    fwd: &HashSet<NodeId>,
     first: NodeId,
     in_len: usize,
     is_first: bool,
@@ -255,6 +327,7 @@ fn layer(
     let mut nodes = LayerNodes {
         linear: NodeRef::of(g, first),
         bn: None,
+        bn_stats: None,
         act: None,
         pool: None,
     };
@@ -262,16 +335,32 @@ fn layer(
     let mut bn = None;
     let mut act = Activation::None;
     let mut pool = None;
-    // Absorb, in order, a BatchNorm, an activation and a pool, each the sole user.
-    if let Some(u) = next(g, last)
-        && let Some(Op::BatchNormTrain(a)) = g.node(u).op()
+    // Absorb, in order, a BatchNorm (as fuse-bn-train splits it), an activation and a
+    // pool, each the sole forward user.
+    if let Some(&(u, _)) = (forward_users(g, fwd, last).iter())
+        .find(|&&(u, _)| matches!(g.node(u).op(), Some(Op::BatchNormTrain(_))))
     {
-        bn = Some(bn_plan(g, u, a));
-        nodes.bn = Some(NodeRef::of(g, u));
-        names.push(g.node(u).name.clone());
-        last = u;
+        return Err(unsupported(
+            g,
+            u,
+            "the trainer runs a BatchNorm as fuse-bn-train splits it; lower the default train pipeline's output",
+        ));
     }
-    if let Some(u) = next(g, last)
+    if let Some((stats, apply, a)) = fused_bn(g, fwd, last) {
+        if !fused_backward(g, stats) {
+            return Err(unsupported(
+                g,
+                apply,
+                "the BatchNorm backward must be fused too (batch_norm_grad_sums and batch_norm_grad_apply)",
+            ));
+        }
+        bn = Some(bn_plan(g, stats, apply, &a));
+        nodes.bn = Some(NodeRef::of(g, apply));
+        nodes.bn_stats = Some(NodeRef::of(g, stats));
+        names.push(g.node(apply).name.clone());
+        last = apply;
+    }
+    if let Some(u) = next(g, fwd, last)
         && let Some(a) = g.node(u).op().and_then(activation)
     {
         act = a;
@@ -279,7 +368,7 @@ fn layer(
         names.push(g.node(u).name.clone());
         last = u;
     }
-    if let Some(u) = next(g, last)
+    if let Some(u) = next(g, fwd, last)
         && let Some(p) = g.node(u).op().and_then(pool2d)
     {
         pool = Some(p);
@@ -458,17 +547,88 @@ fn layer(
     ))
 }
 
-fn bn_plan(g: &Graph, id: NodeId, a: &BatchNormAttrs) -> BnPlan {
-    let ops = g.operands(id);
-    let name = |i: usize| g.node(ops[i]).name.clone();
+/// The BatchNorm of `stats = batch_stats(x, running_mean, running_var)` and
+/// `apply = batch_norm_apply(x, stats, γ, β)`.
+fn bn_plan(g: &Graph, stats: NodeId, apply: NodeId, a: &BatchNormAttrs) -> BnPlan {
+    let name = |id: NodeId, i: usize| g.node(g.operands(id)[i]).name.clone();
     BnPlan {
-        name: g.node(id).name.clone(),
-        gamma: name(1),
-        beta: name(2),
-        running_mean: name(3),
-        running_var: name(4),
+        name: g.node(apply).name.clone(),
+        gamma: name(apply, 2),
+        beta: name(apply, 3),
+        running_mean: name(stats, 1),
+        running_var: name(stats, 2),
         eps: a.eps,
         momentum: a.momentum,
         unbiased: a.running_var != VarConvention::Biased,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::{Mode, PassManager, default_pipeline};
+    use crate::text::parse;
+
+    const LENET_BN: &str = include_str!("../../../models/lenet_bn.ir");
+
+    fn after(passes: &[&str]) -> Graph {
+        let mut g = parse(LENET_BN).expect("parses");
+        PassManager::new(passes)
+            .expect("known passes")
+            .run(&mut g, Mode::Train)
+            .expect("passes run");
+        g
+    }
+
+    /// The plan reads the BatchNorms as `fuse-bn-train` left them and the convolutions as
+    /// `redundant-bias` left them (no bias before a BatchNorm).
+    #[test]
+    fn lenet_bn_plan_lowers_the_fused_graph() {
+        let p = plan(&after(default_pipeline(Mode::Train))).expect("plans");
+        let names: Vec<&str> = p.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "conv1+bn1+act1+pool1",
+                "conv2+bn2+act2+pool2",
+                "fc1+bn3+act3",
+                "fc2+bn4+act4",
+                "fc3"
+            ]
+        );
+        let l = &p.layers[0];
+        assert_eq!(l.bias, None);
+        let bn = l.bn.as_ref().expect("bn1");
+        assert_eq!(
+            [&bn.gamma, &bn.beta, &bn.running_mean, &bn.running_var],
+            [
+                "bn1.weight",
+                "bn1.bias",
+                "bn1.running_mean",
+                "bn1.running_var"
+            ]
+        );
+        let op = |n: &Option<NodeRef>| n.as_ref().map(|n| (n.name.clone(), n.op));
+        assert_eq!(op(&l.nodes.bn), Some(("bn1".into(), "batch_norm_apply")));
+        assert_eq!(
+            op(&l.nodes.bn_stats),
+            Some(("bn1.stats".into(), "batch_stats"))
+        );
+        assert_eq!(p.layers[4].bias.as_deref(), Some("fc3.bias"));
+    }
+
+    /// A graph whose BatchNorm is not fused is refused with a message that says so.
+    #[test]
+    fn an_unfused_batch_norm_is_refused() {
+        let passes = [
+            "infer-shapes",
+            "lower-batch-norm",
+            "attach-loss",
+            "redundant-bias",
+            "autodiff",
+            "dce",
+        ];
+        let e = plan(&after(&passes)).expect_err("refused").to_string();
+        assert!(e.contains("`bn1`") && e.contains("fuse-bn-train"), "{e}");
     }
 }

@@ -233,7 +233,8 @@ impl Trainer {
             })?;
         }
         for (lp, l) in self.layers.iter().zip(&self.plan.layers) {
-            if let (Some((_, _, rm, rv)), Some(bn), Some(node)) = (&lp.bn, &l.bn, &l.nodes.bn) {
+            if let (Some((_, _, rm, rv)), Some(bn), Some(node)) = (&lp.bn, &l.bn, &l.nodes.bn_stats)
+            {
                 for (stat, name) in [(rm, &bn.running_mean), (rv, &bn.running_var)] {
                     found(stat, || Site::RunningStat {
                         param: name.clone(),
