@@ -224,13 +224,10 @@ fn fused_bn(
     let [(a, 0), (b, 0)] = users[..] else {
         return None;
     };
-    let (stats, apply) = match (g.node(a).op(), g.node(b).op()) {
-        (Some(Op::BatchStats(_)), Some(Op::BatchNormApply { .. })) => (a, b),
-        (Some(Op::BatchNormApply { .. }), Some(Op::BatchStats(_))) => (b, a),
+    let (stats, apply, attrs) = match (g.node(a).op(), g.node(b).op()) {
+        (Some(Op::BatchStats(s)), Some(Op::BatchNormApply { .. })) => (a, b, s),
+        (Some(Op::BatchNormApply { .. }), Some(Op::BatchStats(s))) => (b, a, s),
         _ => return None,
-    };
-    let Some(Op::BatchStats(attrs)) = g.node(stats).op() else {
-        return None;
     };
     let fused = g.operands(apply).get(1) == Some(&stats)
         && forward_users(g, fwd, stats)[..] == [(apply, 1)];
