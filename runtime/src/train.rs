@@ -1,18 +1,20 @@
 //! JIT training: a [`Trainer`] compiles a model's training plan (`lower::train`) into native
 //! kernels and runs SGD steps on batches split across threads.
 //!
-//! Each step runs inside one `std::thread::scope`. Thread `t` owns a contiguous range of the
-//! batch and its own activation and gradient buffers; where a reduction must see the whole
-//! batch (BatchNorm statistics, the BatchNorm backward sums) every thread publishes its partial
-//! result, waits at a barrier, and merges all partials in thread order, so every thread gets
-//! the same bits. Weight gradients are per-thread partials summed in thread order after the
-//! scope. The result depends only on the inputs, the parameters and the thread count.
+//! Each step runs inside one `std::thread::scope`. The batch is cut into units by its size
+//! alone; the threads claim units as they go, and where a reduction must see the whole batch
+//! (BatchNorm statistics, the BatchNorm backward sums) every unit's partial is published, the
+//! threads meet at a barrier, and each merges all partials in unit order. Weight gradients
+//! are per-unit partials summed in unit order after the scope. So the result depends only on
+//! the inputs and the parameters, not on the thread count (`step` has the details).
 
 mod exchange;
 mod footprint;
 mod numerics;
+mod step;
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -27,9 +29,9 @@ use bnc_compiler::lower::train::{TrainLayer, TrainPlan, plan};
 use bnc_compiler::passes::{Mode, PassError, PassManager};
 
 use crate::sgd::{Sgd, SgdParam};
-use crate::train_bwd::{BnSums, Stats, backward_elementwise, lane_sum};
 use crate::weights::{ParamStore, WeightsError};
 use exchange::Exchange;
+use step::{Merged, Segment, StepCtx, Unit};
 
 pub use footprint::{Footprint, MAX_TRAIN_BYTES, footprint};
 pub use numerics::{NonFinite, Site};
@@ -94,7 +96,7 @@ pub enum TrainError {
     /// Training the model at the configured batch would need more memory than
     /// [`MAX_TRAIN_BYTES`]; refused before anything is allocated.
     #[error(
-        "training needs {} for a batch of {batch} on {threads} thread(s) ({} of parameters \
+        "training needs {} for a batch of {batch} ({} of parameters \
          and optimizer state, {} of activations and gradients), more than the limit of {}: \
          the model is too large",
         footprint::gib(needed.total()),
@@ -107,8 +109,6 @@ pub enum TrainError {
         needed: Footprint,
         /// The configured batch.
         batch: usize,
-        /// The configured threads.
-        threads: usize,
         /// The limit in bytes.
         limit: u64,
     },
@@ -178,15 +178,6 @@ struct LayerBufs {
     gb: Vec<f32>,
 }
 
-/// What a thread hands back from a step.
-#[derive(Debug, Default)]
-struct ThreadOut {
-    loss: f64,
-    correct: usize,
-    /// Per BatchNorm layer: merged batch statistics and backward sums.
-    bn: Vec<Option<(Stats, BnSums)>>,
-}
-
 /// A model compiled for training, with its parameters and optimizer state.
 ///
 /// ```
@@ -221,10 +212,11 @@ pub struct Trainer {
     layers: Vec<LayerParams>,
     sgd: Sgd,
     cfg: TrainConfig,
-    bufs: Vec<Vec<LayerBufs>>,
-    capacity: usize,
-    /// The image range of each thread in the last step (what `check_numerics` inspects).
-    last_ranges: Vec<(usize, usize)>,
+    /// The segments of a step.
+    schedule: Vec<Segment>,
+    /// The units' buffers; the first `used` were the last step's.
+    units: Vec<Unit>,
+    used: usize,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -342,15 +334,15 @@ impl Trainer {
             });
         }
         let mut t = Trainer {
+            schedule: step::schedule(&plan),
             plan,
             jit,
             kernels,
             layers,
             sgd: Sgd::new(sgd_params),
             cfg: cfg.clone(),
-            bufs: Vec::new(),
-            capacity: 0,
-            last_ranges: Vec::new(),
+            units: Vec::new(),
+            used: 0,
         };
         t.prepare_weights();
         Ok(t)
@@ -370,33 +362,42 @@ impl Trainer {
         }
     }
 
-    fn alloc(&mut self, threads: usize, chunk: usize) {
-        if chunk <= self.capacity && self.bufs.len() >= threads {
-            return;
+    /// Cuts a batch of `b` images into units, growing any unit's buffers that are too
+    /// small (they never shrink, so the short last batch of an epoch allocates nothing).
+    fn alloc(&mut self, b: usize) {
+        let ranges = step::partition(b);
+        if self.units.len() < ranges.len() {
+            self.units.resize_with(ranges.len(), Unit::default);
         }
-        let make = |l: &TrainLayer| LayerBufs {
-            z: if l.bn.is_some() {
-                vec![0.0; chunk * l.z_len]
-            } else {
-                Vec::new()
-            },
-            a: vec![0.0; chunk * l.z_len],
-            p: if l.pool.is_some() {
-                vec![0.0; chunk * l.out_len]
-            } else {
-                Vec::new()
-            },
-            d_out: vec![0.0; chunk * l.out_len],
-            d_z: vec![0.0; chunk * l.z_len],
-            stats: vec![0.0; 3 * l.channels],
-            sums: vec![0.0; chunk * pool_act_back_sums(l.channels, l.bn.is_some())],
-            gw: vec![0.0; l.weight_shape.iter().product()],
-            gb: vec![0.0; l.channels],
-        };
-        self.bufs = (0..threads)
-            .map(|_| self.plan.layers.iter().map(make).collect())
-            .collect();
-        self.capacity = chunk;
+        for (unit, &(n0, n1)) in self.units.iter_mut().zip(&ranges) {
+            unit.range = (n0, n1);
+            let images = n1 - n0;
+            if unit.capacity >= images {
+                continue;
+            }
+            let make = |l: &TrainLayer| LayerBufs {
+                z: if l.bn.is_some() {
+                    vec![0.0; images * l.z_len]
+                } else {
+                    Vec::new()
+                },
+                a: vec![0.0; images * l.z_len],
+                p: if l.pool.is_some() {
+                    vec![0.0; images * l.out_len]
+                } else {
+                    Vec::new()
+                },
+                d_out: vec![0.0; images * l.out_len],
+                d_z: vec![0.0; images * l.z_len],
+                stats: vec![0.0; 3 * l.channels],
+                sums: vec![0.0; images * pool_act_back_sums(l.channels, l.bn.is_some())],
+                gw: vec![0.0; l.weight_shape.iter().product()],
+                gb: vec![0.0; l.channels],
+            };
+            unit.layers = self.plan.layers.iter().map(make).collect();
+            unit.capacity = images;
+        }
+        self.used = ranges.len();
     }
 
     /// One SGD step on a batch: `images` is `f32[b, ...input dims]` flattened, `labels` has
@@ -462,14 +463,9 @@ impl Trainer {
                 classes,
             });
         }
-        let threads = self.cfg.threads.max(1).min(b);
-        let chunk = b.div_ceil(threads);
-        let cap = self.cfg.batch.div_ceil(self.cfg.threads.max(1)).max(chunk);
-        self.alloc(self.cfg.threads.max(1).max(threads), cap);
-        let ranges: Vec<(usize, usize)> = (0..threads)
-            .map(|t| ((t * chunk).min(b), ((t + 1) * chunk).min(b)))
-            .collect();
-        let ex = Exchange::new(threads);
+        self.alloc(b);
+        let units = self.used;
+        let threads = self.cfg.threads.max(1).min(units);
         let fns: Vec<KernelFn> = (0..self.jit.len()).map(|i| self.jit.kernel(i)).collect();
         let ctx = StepCtx {
             plan: &self.plan,
@@ -480,49 +476,51 @@ impl Trainer {
             images,
             labels,
             batch: b,
-            ex: &ex,
+            schedule: &self.schedule,
+            units: self.units[..units].iter_mut().map(Mutex::new).collect(),
+            claimed: self
+                .schedule
+                .iter()
+                .map(|_| (0..units).map(|_| AtomicBool::new(false)).collect())
+                .collect(),
+            ex: Exchange::new(threads, units),
             prof,
         };
-        let mut outs: Vec<ThreadOut> = Vec::with_capacity(threads);
-        std::thread::scope(|s| {
-            let mut handles = Vec::new();
-            let mut bufs = self.bufs.iter_mut();
-            let first = bufs.next().expect("at least one thread");
-            for (t, tb) in bufs.enumerate().take(threads - 1) {
-                let ctx = &ctx;
-                let range = ranges[t + 1];
-                handles.push(s.spawn(move || ctx.run(t + 1, range, tb)));
-            }
-            outs.push(ctx.run(0, ranges[0], first));
+        let merged = std::thread::scope(|s| {
+            let ctx = &ctx;
+            let handles: Vec<_> = (1..threads).map(|_| s.spawn(move || ctx.run())).collect();
+            let merged = ctx.run();
             for h in handles {
-                outs.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
             }
+            merged
         });
-        let loss: f64 = outs.iter().map(|o| o.loss).sum();
-        let correct = outs.iter().map(|o| o.correct).sum();
+        drop(ctx);
+        let done = &self.units[..units];
+        let loss: f64 = done.iter().map(|u| u.loss).sum();
+        let correct = done.iter().map(|u| u.correct).sum();
         let start = Instant::now();
-        self.finish_step(&outs[0], threads);
+        self.finish_step(&merged);
         if let Some(p) = prof {
-            record(
-                p,
+            p.lock().unwrap_or_else(|e| e.into_inner()).push((
                 "update (merge, running stats, SGD, repack)".into(),
-                start,
-            );
+                start.elapsed(),
+            ));
         }
-        self.last_ranges = ranges;
         Ok(StepStats {
             loss: (loss / b as f64) as f32,
             correct,
         })
     }
 
-    /// Merges weight gradients in thread order, updates running statistics, applies SGD.
-    fn finish_step(&mut self, out0: &ThreadOut, threads: usize) {
+    /// Merges weight gradients in unit order, updates running statistics, applies SGD.
+    fn finish_step(&mut self, merged: &Merged) {
+        let units = &self.units[..self.used];
         for (i, (lp, l)) in self.layers.iter_mut().zip(&self.plan.layers).enumerate() {
             let sum = |f: &dyn Fn(&LayerBufs) -> &Vec<f32>| -> Vec<f32> {
-                let mut acc = f(&self.bufs[0][i]).clone();
-                for tb in &self.bufs[1..threads] {
-                    for (a, x) in acc.iter_mut().zip(f(&tb[i])) {
+                let mut acc = f(&units[0].layers[i]).clone();
+                for unit in &units[1..] {
+                    for (a, x) in acc.iter_mut().zip(f(&unit.layers[i])) {
                         *a += x;
                     }
                 }
@@ -532,8 +530,8 @@ impl Trainer {
             if let Some(bi) = lp.bias {
                 self.sgd.params[bi].grad = sum(&|b| &b.gb);
             }
-            if let (Some((gamma, beta, rm, rv)), Some(bn), Some(Some((stats, sums)))) =
-                (&mut lp.bn, &l.bn, out0.bn.get(i))
+            if let (Some((gamma, beta, rm, rv)), Some(bn), Some(stats), Some(sums)) =
+                (&mut lp.bn, &l.bn, &merged.stats[i], &merged.sums[i])
             {
                 self.sgd.params[*gamma].grad = sums.dgamma.iter().map(|&v| v as f32).collect();
                 self.sgd.params[*beta].grad = sums.dbeta.iter().map(|&v| v as f32).collect();
@@ -643,239 +641,6 @@ fn model_bias(model: &Graph, name: &str) -> Option<String> {
 
 fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
     Tensor::new(shape.to_vec(), data).unwrap_or_else(|| Tensor::zeros(&[0]))
-}
-
-/// Everything a thread reads during a step.
-struct StepCtx<'a> {
-    plan: &'a TrainPlan,
-    fns: &'a [KernelFn],
-    kernels: &'a [LayerKernels],
-    layers: &'a [LayerParams],
-    sgd: &'a Sgd,
-    images: &'a [f32],
-    labels: &'a [i32],
-    batch: usize,
-    ex: &'a Exchange,
-    /// Where phase times go when profiling (one thread).
-    prof: Option<&'a Mutex<Vec<(String, Duration)>>>,
-}
-
-fn record(prof: &Mutex<Vec<(String, Duration)>>, what: String, start: Instant) {
-    let t = start.elapsed();
-    prof.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((what, t));
-}
-
-/// Calls kernel `k` on images `0..n` of the given buffers.
-fn call(f: KernelFn, bufs: &[*mut f32], n: usize) {
-    // SAFETY: the trainer owns the JIT module for the whole step; every pointer is a buffer
-    // of this thread (or a shared read-only weight or input slice) sized for at least `n`
-    // images in the layout of the kernel's `buffer_lens`, and no other thread writes it.
-    unsafe { f.call(bufs, 0, n) }
-}
-
-impl StepCtx<'_> {
-    /// Runs `f`, recording its time under `what()` when profiling.
-    fn timed<R>(&self, what: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
-        let start = Instant::now();
-        let r = f();
-        if let Some(p) = self.prof {
-            record(p, what(), start);
-        }
-        r
-    }
-
-    fn run(&self, t: usize, (n0, n1): (usize, usize), bufs: &mut [LayerBufs]) -> ThreadOut {
-        let n = n1 - n0;
-        let per_image: usize = self.plan.input_dims.iter().product();
-        let input = self.images[n0 * per_image..n1 * per_image]
-            .as_ptr()
-            .cast_mut();
-        let mut out = ThreadOut {
-            bn: vec![None; self.plan.layers.len()],
-            ..ThreadOut::default()
-        };
-        let mut stats: Vec<Option<Stats>> = vec![None; self.plan.layers.len()];
-        // Forward.
-        let mut x = input;
-        for (i, l) in self.plan.layers.iter().enumerate() {
-            let (lk, lp, lb) = (&self.kernels[i], &self.layers[i], &mut bufs[i]);
-            let mut args = vec![x, lp.w_fwd.as_ptr().cast_mut()];
-            if let Some(bi) = lp.bias {
-                args.push(self.sgd.params[bi].value.as_ptr().cast_mut());
-            }
-            let linear_out = if l.bn.is_some() { &mut lb.z } else { &mut lb.a };
-            args.push(linear_out.as_mut_ptr());
-            if l.bn.is_some() {
-                args.push(lb.stats.as_mut_ptr());
-            }
-            self.timed(
-                || format!("fwd {}: linear", l.name),
-                || call(self.fns[lk.linear], &args, n),
-            );
-            if let (Some(bn), Some((gamma, beta, _, _))) = (&l.bn, &lp.bn) {
-                let all = self.ex.all_gather(
-                    t,
-                    Stats::from_shifted(&lb.stats, l.channels, n, l.hw).pack(),
-                );
-                let s = Stats::merge(&all, l.channels);
-                let (scale, shift) = s.scale_shift(
-                    &self.sgd.params[*gamma].value,
-                    &self.sgd.params[*beta].value,
-                    bn.eps,
-                );
-                let mut a = vec![lb.z.as_mut_ptr(), scale.as_ptr().cast_mut()];
-                a.push(shift.as_ptr().cast_mut());
-                a.push(lb.a.as_mut_ptr());
-                if l.pool.is_some() {
-                    a.push(lb.p.as_mut_ptr());
-                }
-                let k = lk.post.expect("bn has a post kernel");
-                self.timed(
-                    || format!("fwd {}: bn+act+pool", l.name),
-                    || call(self.fns[k], &a, n),
-                );
-                stats[i] = Some(s);
-            } else if let Some(k) = lk.post {
-                self.timed(
-                    || format!("fwd {}: post", l.name),
-                    || call(self.fns[k], &[lb.a.as_mut_ptr(), lb.p.as_mut_ptr()], n),
-                );
-            }
-            x = if l.pool.is_some() {
-                lb.p.as_mut_ptr()
-            } else {
-                lb.a.as_mut_ptr()
-            };
-        }
-        // Loss and its gradient, mean over the whole batch.
-        let last = self.plan.layers.len() - 1;
-        let k = self.plan.classes;
-        {
-            let lb = &mut bufs[last];
-            let logits = if self.plan.layers[last].pool.is_some() {
-                &lb.p
-            } else {
-                &lb.a
-            };
-            for img in 0..n {
-                let row = &logits[img * k..(img + 1) * k];
-                let label = self.labels[n0 + img] as usize;
-                let (loss, correct) = crate::train_bwd::softmax_xent(
-                    row,
-                    label,
-                    self.batch,
-                    &mut lb.d_out[img * k..],
-                );
-                out.loss += loss;
-                out.correct += usize::from(correct);
-            }
-        }
-        // Backward.
-        for i in (0..self.plan.layers.len()).rev() {
-            let l = &self.plan.layers[i];
-            let (lk, lp) = (&self.kernels[i], &self.layers[i]);
-            let (before, rest) = bufs.split_at_mut(i);
-            let lb = &mut rest[0];
-            let elementwise = || format!("bwd {}: pool+act backward, bn sums", l.name);
-            let stats_i = stats[i].as_ref();
-            // dy (pool and activation backward) into d_z, with this thread's sums: Σdy per
-            // channel (the bias gradient without BatchNorm) and, with BatchNorm, Σdy·x̂.
-            let partial = match lk.back {
-                Some(k) => self.timed(elementwise, || {
-                    let mut args = vec![lb.d_out.as_mut_ptr(), lb.a.as_mut_ptr()];
-                    let (mean, inv);
-                    if let (Some(s), Some(bn)) = (stats_i, &l.bn) {
-                        mean = s.mean.iter().map(|&m| m as f32).collect::<Vec<f32>>();
-                        inv = s
-                            .inv_std(bn.eps)
-                            .iter()
-                            .map(|&v| v as f32)
-                            .collect::<Vec<f32>>();
-                        args.extend([
-                            lb.z.as_mut_ptr(),
-                            mean.as_ptr().cast_mut(),
-                            inv.as_ptr().cast_mut(),
-                        ]);
-                    }
-                    args.extend([lb.d_z.as_mut_ptr(), lb.sums.as_mut_ptr()]);
-                    call(self.fns[k], &args, n);
-                    BnSums::from_images(&lb.sums, l.channels, n, l.bn.is_some())
-                }),
-                None => self.timed(elementwise, || {
-                    backward_elementwise(l, lb_view(lb), n, stats_i)
-                }),
-            };
-            lb.gb.iter_mut().for_each(|v| *v = 0.0);
-            if let (Some(s), Some((g, _, _, _))) = (stats_i, &lp.bn) {
-                let sums = BnSums::merge(&self.ex.all_gather(t, partial.pack()), l.channels);
-                let coef = sums.dx_coefficients(s, &self.sgd.params[*g].value, l.bn.as_ref());
-                let k = lk.bn_dx.expect("a BatchNorm layer has a dx kernel");
-                let d_z = lb.d_z.as_mut_ptr();
-                self.timed(
-                    || format!("bwd {}: bn dx", l.name),
-                    || {
-                        call(
-                            self.fns[k],
-                            &[lb.z.as_mut_ptr(), d_z, coef.as_ptr().cast_mut(), d_z],
-                            n,
-                        )
-                    },
-                );
-                out.bn[i] = Some(((*s).clone(), sums));
-            } else if lp.bias.is_some() {
-                if lk.back.is_some() {
-                    // Without BatchNorm, Σdy is the bias gradient.
-                    for (g, &s) in lb.gb.iter_mut().zip(&partial.dbeta) {
-                        *g = s as f32;
-                    }
-                } else {
-                    let hw = l.hw[0] * l.hw[1];
-                    self.timed(
-                        || format!("bwd {}: bias gradient", l.name),
-                        || {
-                            for img in 0..n {
-                                for c in 0..l.channels {
-                                    let base = (img * l.channels + c) * hw;
-                                    lb.gb[c] += lane_sum(&lb.d_z[base..base + hw]) as f32;
-                                }
-                            }
-                        },
-                    );
-                }
-            }
-            let x = if i == 0 {
-                input
-            } else {
-                let pb = &mut before[i - 1];
-                if self.plan.layers[i - 1].pool.is_some() {
-                    pb.p.as_mut_ptr()
-                } else {
-                    pb.a.as_mut_ptr()
-                }
-            };
-            self.timed(
-                || format!("bwd {}: weight gradient", l.name),
-                || {
-                    call(
-                        self.fns[lk.grad_w],
-                        &[x, lb.d_z.as_mut_ptr(), lb.gw.as_mut_ptr()],
-                        n,
-                    )
-                },
-            );
-            if let Some(k) = lk.grad_x {
-                let dst = before[i - 1].d_out.as_mut_ptr();
-                let src = lb.d_z.as_mut_ptr();
-                self.timed(
-                    || format!("bwd {}: input gradient", l.name),
-                    || call(self.fns[k], &[src, lp.w_bwd.as_ptr().cast_mut(), dst], n),
-                );
-            }
-        }
-        out
-    }
 }
 
 /// The buffers the elementwise backward pass reads and writes.

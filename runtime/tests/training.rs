@@ -240,30 +240,42 @@ fn biases_before_batch_norm_match_interpreter() {
     check_with(LENET, 1, true);
 }
 
-/// Five steps from the same seed on the same thread count give bit-identical parameters.
+/// Five steps from the same seed give bit-identical losses and parameters, run twice on
+/// the same thread count and on one, two or three threads: the batch is cut into units by
+/// its size alone, and every partial is merged in unit order.
 #[test]
-fn training_is_bit_for_bit_reproducible() {
+fn training_is_bit_for_bit_reproducible_on_any_thread_count() {
     let (model, g) = graphs(LENET_BN);
-    let train = || {
+    let train = |threads| {
         let cfg = TrainConfig {
             lr: 0.5,
             momentum: 0.9,
             weight_decay: 0.0,
-            threads: 2,
+            threads,
             batch: 32,
         };
         let mut t = Trainer::new(&model, to_store(&init_params(&g, 3)), &cfg).unwrap();
         let mut rng = SplitMix64::new(5);
+        let mut losses = Vec::new();
         for _ in 0..5 {
             let (images, labels) = batch(&mut rng, 31);
-            t.step(&images, &labels).unwrap();
+            let s = t.step(&images, &labels).unwrap();
+            losses.push((s.loss.to_bits(), s.correct));
         }
-        t.params()
+        (losses, t.params())
     };
-    let (a, b) = (train(), train());
-    for (name, t) in a.iter() {
-        let bits = |t: &Tensor| f32s(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(t), bits(b.get(name).unwrap()), "{name}");
+    let bits = |t: &Tensor| f32s(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let (want_losses, want) = train(2);
+    for threads in [2, 1, 3] {
+        let (losses, got) = train(threads);
+        assert_eq!(losses, want_losses, "losses on {threads} thread(s)");
+        for (name, t) in want.iter() {
+            assert_eq!(
+                bits(t),
+                bits(got.get(name).unwrap()),
+                "{name} on {threads} thread(s)"
+            );
+        }
     }
 }
 

@@ -71,7 +71,8 @@ fn agree<T: PartialEq + Display>(
     }
 }
 
-/// The checkpoint's recipe, checked against the flags; `--epochs` overrides.
+/// The checkpoint's recipe, checked against the flags; `--epochs` and `--threads`
+/// override.
 fn kept_recipe(a: &TrainArgs, kept: &Recipe, path: &Path) -> anyhow::Result<Recipe> {
     agree("--lr", a.lr.map(f64::from), kept.lr, path)?;
     agree("--momentum", a.momentum.map(f64::from), kept.momentum, path)?;
@@ -83,12 +84,6 @@ fn kept_recipe(a: &TrainArgs, kept: &Recipe, path: &Path) -> anyhow::Result<Reci
     )?;
     agree("--batch", a.batch.map(|b| b as usize), kept.batch, path)?;
     agree("--seed", a.seed, kept.seed, path)?;
-    agree(
-        "--threads",
-        a.threads.map(|t| t as usize),
-        kept.threads,
-        path,
-    )?;
     let limit = |n: Option<usize>| n.map_or_else(|| "all".to_string(), |n| n.to_string());
     agree(
         "--limit-train",
@@ -96,8 +91,10 @@ fn kept_recipe(a: &TrainArgs, kept: &Recipe, path: &Path) -> anyhow::Result<Reci
         limit(kept.limit_train),
         path,
     )?;
+    // The thread count changes only the speed: a step's result does not depend on it.
     Ok(Recipe {
         epochs: a.epochs.unwrap_or(kept.epochs),
+        threads: a.threads.map_or(kept.threads, |t| t as usize),
         ..kept.clone()
     })
 }

@@ -33,7 +33,8 @@ pub type Epoch = EpochMetrics;
 
 /// Arguments of `bnc train`. The recipe flags (epochs to seed) take their defaults in a
 /// new run; a run resumed from a checkpoint keeps the checkpoint's recipe, may only
-/// change `--epochs`, and refuses any other recipe flag that disagrees with it.
+/// change `--epochs` and `--threads`, and refuses any other recipe flag that disagrees
+/// with it.
 #[derive(Args)]
 pub struct TrainArgs {
     /// The model file (`*.ir`).
@@ -59,15 +60,15 @@ pub struct TrainArgs {
     /// Seed of the weight initialization and of the per-epoch shuffle [default: 0]
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Threads to split each batch over (the result depends on it) [default: 2]
+    /// Threads to split each batch over (only the speed depends on it) [default: 2]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: Option<u32>,
     /// Train on the first N training images only (quick runs and tests).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit_train: Option<u64>,
     /// Continue the run a checkpoint holds, bit for bit, with its recipe (other recipe flags
-    /// may only repeat it; --epochs may change), or start a new run from the weights of a
-    /// plain weights file.
+    /// may only repeat it; --epochs and --threads may change), or start a new run from the
+    /// weights of a plain weights file.
     #[arg(long, value_name = "FILE.safetensors")]
     pub resume: Option<PathBuf>,
     /// Write the whole training state here (atomically) after every epoch.

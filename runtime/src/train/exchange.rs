@@ -1,6 +1,6 @@
 //! How the threads of one training step swap their partial results (BatchNorm statistics
-//! and backward sums): each publishes a vector, waits for the others, and reads them all in
-//! thread order.
+//! and backward sums): each publishes a vector per unit it ran, waits for the others, and
+//! reads them all in unit order.
 //!
 //! The waits are short (a few microseconds between two kernels), so the barrier spins
 //! before it yields: parking a thread on a futex and waking it costs more than the wait.
@@ -51,33 +51,37 @@ impl SpinBarrier {
     }
 }
 
-/// Partial results exchanged between the threads of one step.
+/// Partial results exchanged between the threads of one step, one slot per unit.
 pub(super) struct Exchange {
-    /// Per parity, per thread.
+    /// Per parity, per unit.
     slots: [Vec<Mutex<Vec<f64>>>; 2],
     barrier: SpinBarrier,
-    /// How many exchanges each thread has made (its own count).
-    calls: Vec<AtomicUsize>,
 }
 
 impl Exchange {
-    pub(super) fn new(threads: usize) -> Exchange {
-        let slots = || (0..threads).map(|_| Mutex::new(Vec::new())).collect();
+    pub(super) fn new(threads: usize, units: usize) -> Exchange {
+        let slots = || (0..units).map(|_| Mutex::new(Vec::new())).collect();
         Exchange {
             slots: [slots(), slots()],
             barrier: SpinBarrier::new(threads),
-            calls: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
 
-    /// Publishes thread `t`'s partial and returns everyone's, in thread order. Every thread
-    /// must make the same sequence of calls.
-    pub(super) fn all_gather(&self, t: usize, data: Vec<f64>) -> Vec<Vec<f64>> {
-        let parity = self.calls[t].fetch_add(1, Ordering::Relaxed) % 2;
-        let slots = &self.slots[parity];
-        *slots[t].lock().unwrap_or_else(|e| e.into_inner()) = data;
+    /// Publishes unit `u`'s partial for exchange `k`. Exchanges are numbered in the order
+    /// the threads reach them, and every thread reaches every one (through [`gather`]).
+    ///
+    /// [`gather`]: Exchange::gather
+    pub(super) fn publish(&self, k: usize, u: usize, data: Vec<f64>) {
+        *self.slots[k % 2][u]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = data;
+    }
+
+    /// Waits until every thread is done publishing for exchange `k`, then returns every
+    /// unit's partial, in unit order.
+    pub(super) fn gather(&self, k: usize) -> Vec<Vec<f64>> {
         self.barrier.wait();
-        slots
+        self.slots[k % 2]
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect()
@@ -88,21 +92,24 @@ impl Exchange {
 mod tests {
     use super::*;
 
-    /// Many back-to-back exchanges between three threads each see exactly that round's
-    /// values from every thread, in thread order (a slot overwritten too early, or a
-    /// barrier released too soon, would mix rounds).
+    /// Many back-to-back exchanges between three threads, each publishing its share of
+    /// seven units, see exactly that round's value of every unit, in unit order (a slot
+    /// overwritten too early, or a barrier released too soon, would mix rounds).
     #[test]
     fn rounds_never_mix() {
-        let threads = 3;
-        let ex = Exchange::new(threads);
+        let (threads, units) = (3, 7);
+        let ex = Exchange::new(threads, units);
         std::thread::scope(|s| {
             for t in 0..threads {
                 let ex = &ex;
                 s.spawn(move || {
                     for round in 0..2000 {
-                        let all = ex.all_gather(t, vec![round as f64, t as f64]);
+                        for u in (t..units).step_by(threads) {
+                            ex.publish(round, u, vec![round as f64, u as f64]);
+                        }
+                        let all = ex.gather(round);
                         let want: Vec<Vec<f64>> =
-                            (0..threads).map(|u| vec![round as f64, u as f64]).collect();
+                            (0..units).map(|u| vec![round as f64, u as f64]).collect();
                         assert_eq!(all, want, "thread {t} round {round}");
                     }
                 });

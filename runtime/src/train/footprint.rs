@@ -6,8 +6,8 @@
 //! image; that still lets through models whose tensors, times the batch and the number of
 //! buffers a training step keeps, need hundreds of gigabytes. The estimate counts what the
 //! [`Trainer`](super::Trainer) holds: each trainable tensor five times (value, gradient,
-//! momentum, and the two layouts the kernels read), and per thread, for its share of the
-//! batch, the saved activations and gradients of every layer plus its partial weight
+//! momentum, and the two layouts the kernels read), the saved activations and gradients of
+//! every layer for the whole batch, and per unit of the batch its partial weight
 //! gradients. The dataset and the inference model used for evaluation are not counted.
 
 use bnc_compiler::ir::Graph;
@@ -16,8 +16,8 @@ use bnc_compiler::lower::train::TrainPlan;
 use super::{TrainConfig, TrainError, train_plan};
 
 /// The most memory a [`Trainer`](super::Trainer) may need: 16 GiB. It is a guard against
-/// shapes that are clearly wrong, not a tuned budget; LeNet-BN at batch 256 on two
-/// threads needs about 29 MB.
+/// shapes that are clearly wrong, not a tuned budget; LeNet-BN at batch 256 needs about
+/// 20 MB.
 pub const MAX_TRAIN_BYTES: u64 = 16 << 30;
 
 /// Bytes a trainer needs, by kind.
@@ -25,7 +25,7 @@ pub const MAX_TRAIN_BYTES: u64 = 16 << 30;
 pub struct Footprint {
     /// Parameters, running statistics and optimizer state.
     pub params: u64,
-    /// Per-thread activations, gradients and partial weight gradients for a full batch.
+    /// Activations and gradients for a full batch, and the units' partial weight gradients.
     pub buffers: u64,
 }
 
@@ -45,9 +45,8 @@ pub fn footprint(model: &Graph, cfg: &TrainConfig) -> Result<Footprint, TrainErr
 
 /// The footprint of `plan` under `cfg`, refused above [`MAX_TRAIN_BYTES`].
 pub(super) fn check(plan: &TrainPlan, cfg: &TrainConfig) -> Result<Footprint, TrainError> {
-    let threads = cfg.threads.max(1);
-    let chunk = cfg.batch.max(1).div_ceil(threads) as u128;
-    let (mut params, mut per_image, mut per_thread) = (0u128, 0u128, 0u128);
+    let units = super::step::partition(cfg.batch.max(1)).len() as u128;
+    let (mut params, mut per_image, mut per_unit) = (0u128, 0u128, 0u128);
     for l in &plan.layers {
         let c = l.channels as u128;
         let weight: u128 = l.weight_shape.iter().map(|&d| d as u128).product();
@@ -64,21 +63,22 @@ pub(super) fn check(plan: &TrainPlan, cfg: &TrainConfig) -> Result<Footprint, Tr
         }
         // The per-image sums of the pool/activation backward: Σdy (and Σdy·x̂).
         per_image += if l.bn.is_some() { 2 * c } else { c };
-        // Partial weight and bias gradients and the statistics of one thread.
-        per_thread += weight + 4 * c;
+        // Partial weight and bias gradients and the statistics of one unit.
+        per_unit += weight + 4 * c;
     }
     let bytes = |floats: u128| u64::try_from(floats.saturating_mul(4)).unwrap_or(u64::MAX);
     let needed = Footprint {
         params: bytes(params),
         buffers: bytes(
-            (threads as u128).saturating_mul(chunk.saturating_mul(per_image) + per_thread),
+            (cfg.batch.max(1) as u128)
+                .saturating_mul(per_image)
+                .saturating_add(units.saturating_mul(per_unit)),
         ),
     };
     if needed.total() > MAX_TRAIN_BYTES {
         return Err(TrainError::TooLarge {
             needed,
             batch: cfg.batch,
-            threads,
             limit: MAX_TRAIN_BYTES,
         });
     }
@@ -124,9 +124,10 @@ mod tests {
         let fp = footprint(&g, &cfg(8, 2)).unwrap();
         // weight 3x4 = 12, bias 3: 3 * 15 + 2 * 12 = 69 floats.
         assert_eq!(fp.params, 69 * 4);
-        // Per image: a, d_z, d_out and the backward's sums (3 each); per thread 12 + 4 * 3;
-        // 2 threads of 4.
-        assert_eq!(fp.buffers, 2 * (4 * 12 + 24) * 4);
+        // Per image: a, d_z, d_out and the backward's sums (3 each); per unit 12 + 4 * 3.
+        // A batch of 8 is one unit of 8 images, whatever the thread count.
+        assert_eq!(fp.buffers, (8 * 12 + 24) * 4);
+        assert_eq!(footprint(&g, &cfg(8, 1)).unwrap(), fp);
     }
 
     /// Shapes that each pass shape inference but together need far too much are refused,

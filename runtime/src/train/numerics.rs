@@ -7,8 +7,8 @@
 //! output `a`, the pooled output), then backward from the loss (the gradient with respect
 //! to each layer's output, then to its linear output, then the bias and weight gradients),
 //! then the merged gradients, the updated parameters and the running statistics. Within a
-//! buffer the threads are visited in order; each thread's buffers are read only for the
-//! images it ran.
+//! buffer the units are visited in order; each unit's buffers are read only for the images
+//! it ran.
 
 use thiserror::Error;
 
@@ -150,8 +150,9 @@ impl Trainer {
                          len: usize,
                          site: &dyn Fn(usize) -> Site|
          -> Result<(), NonFinite> {
-            for (tb, &(n0, n1)) in self.bufs.iter().zip(&self.last_ranges) {
-                let data = buf(&tb[i]);
+            for unit in &self.units[..self.used] {
+                let (n0, n1) = unit.range;
+                let data = buf(&unit.layers[i]);
                 let end = ((n1 - n0) * len).min(data.len());
                 if let Some((k, value)) = first_bad(&data[..end]) {
                     return Err(NonFinite {
@@ -246,18 +247,18 @@ impl Trainer {
         Ok(())
     }
 
-    /// The per-thread bias and weight gradients of layer `i`, `l` (whole buffers: they do not
+    /// The per-unit bias and weight gradients of layer `i`, `l` (whole buffers: they do not
     /// depend on the number of images).
     fn check_partials(&self, i: usize, l: &TrainLayer) -> Result<(), NonFinite> {
         let lp = &self.layers[i];
-        let threads = self.last_ranges.len();
         let params = [(lp.bias, true), (Some(lp.weight), false)];
         for (index, is_bias) in params {
             let Some(p) = index.map(|k| &self.sgd.params[k]) else {
                 continue;
             };
-            for tb in self.bufs.iter().take(threads) {
-                let data = if is_bias { &tb[i].gb } else { &tb[i].gw };
+            for unit in &self.units[..self.used] {
+                let lb = &unit.layers[i];
+                let data = if is_bias { &lb.gb } else { &lb.gw };
                 found(data, || Site::ParamGradient {
                     param: p.name.clone(),
                     by: l.nodes.linear.clone(),
