@@ -45,7 +45,7 @@ pub struct TrainConfig {
     pub momentum: f32,
     /// L2 weight decay added to the gradient.
     pub weight_decay: f32,
-    /// Threads to split each batch over.
+    /// Threads to run each step on (the result does not depend on it).
     pub threads: usize,
     /// The largest batch a step accepts (buffers are sized for it).
     pub batch: usize,
@@ -155,7 +155,7 @@ struct LayerParams {
     w_bwd: Vec<f32>,
 }
 
-/// One thread's buffers for one layer, each for `capacity` images.
+/// One unit's buffers for one layer, sized for the unit's capacity in images.
 #[derive(Debug, Default)]
 struct LayerBufs {
     /// Linear output before BatchNorm (BatchNorm layers only).
@@ -172,9 +172,9 @@ struct LayerBufs {
     stats: Vec<f32>,
     /// Per-image sums written by the pool/activation backward kernel.
     sums: Vec<f32>,
-    /// Partial weight gradient of this thread.
+    /// Partial weight gradient of the unit.
     gw: Vec<f32>,
-    /// Partial bias gradient of this thread.
+    /// Partial bias gradient of the unit.
     gb: Vec<f32>,
 }
 
