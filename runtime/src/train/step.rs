@@ -90,8 +90,10 @@ enum Work {
     Back(usize),
     /// Layer `i`'s BatchNorm input gradient.
     BnDx(usize),
-    /// Layer `i`'s weight gradient and input gradient.
-    Grads(usize),
+    /// Layer `i`'s input gradient (the next layer down's output gradient).
+    InputGrad(usize),
+    /// Layer `i`'s weight gradient.
+    WeightGrad(usize),
 }
 
 /// What ends a segment.
@@ -133,14 +135,23 @@ pub(super) fn schedule(plan: &TrainPlan) -> Vec<Segment> {
         }
     }
     work.push(Work::Loss);
+    // A weight gradient waits until after the next exchange: nothing below needs it, and
+    // moving its arithmetic out of the segment keeps the next layer's `z` and `dy` fresh
+    // in the cache from the pass that wrote them to the BatchNorm `dx` pass that reads them.
+    let mut weight_grads = Vec::new();
     for (i, l) in plan.layers.iter().enumerate().rev() {
         work.push(Work::Back(i));
         if l.bn.is_some() {
             cut(&mut work, Sync::Sums(i));
             work.push(Work::BnDx(i));
+            work.append(&mut weight_grads);
         }
-        work.push(Work::Grads(i));
+        weight_grads.push(Work::WeightGrad(i));
+        if i > 0 {
+            work.push(Work::InputGrad(i));
+        }
     }
+    work.append(&mut weight_grads);
     cut(&mut work, Sync::End);
     segments
 }
@@ -366,24 +377,31 @@ impl<'a> StepCtx<'a> {
                     || call(self.fns[kernel], &args, n),
                 );
             }
-            Work::Grads(i) => {
-                let (l, lk, lp) = (&self.plan.layers[i], &self.kernels[i], &self.layers[i]);
+            Work::WeightGrad(i) => {
+                let (l, lk) = (&self.plan.layers[i], &self.kernels[i]);
                 let x = self.input(i, unit);
-                let (before, rest) = unit.layers.split_at_mut(i);
-                let d_z = rest[0].d_z.as_mut_ptr();
-                let gw = rest[0].gw.as_mut_ptr();
+                let lb = &mut unit.layers[i];
+                let args = [x, lb.d_z.as_mut_ptr(), lb.gw.as_mut_ptr()];
                 self.timed(
                     || format!("bwd {}: weight gradient", l.name),
-                    || call(self.fns[lk.grad_w], &[x, d_z, gw], n),
+                    || call(self.fns[lk.grad_w], &args, n),
                 );
-                if let Some(kernel) = lk.grad_x {
-                    let dst = before[i - 1].d_out.as_mut_ptr();
-                    let w = lp.w_bwd.as_ptr().cast_mut();
-                    self.timed(
-                        || format!("bwd {}: input gradient", l.name),
-                        || call(self.fns[kernel], &[d_z, w, dst], n),
-                    );
-                }
+            }
+            Work::InputGrad(i) => {
+                let (l, lk, lp) = (&self.plan.layers[i], &self.kernels[i], &self.layers[i]);
+                let Some(kernel) = lk.grad_x else {
+                    return;
+                };
+                let (before, rest) = unit.layers.split_at_mut(i);
+                let args = [
+                    rest[0].d_z.as_mut_ptr(),
+                    lp.w_bwd.as_ptr().cast_mut(),
+                    before[i - 1].d_out.as_mut_ptr(),
+                ];
+                self.timed(
+                    || format!("bwd {}: input gradient", l.name),
+                    || call(self.fns[kernel], &args, n),
+                );
             }
         }
     }
