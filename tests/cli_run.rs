@@ -320,4 +320,9 @@ fn bench_train_reports_a_training_step() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["mode"], "train");
     assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
+    // Idle thread time is at most the step's time on every thread but the busy one.
+    let (idle, step) = (&v["idle_us_per_step"], &v["us_per_step"]);
+    let (idle, step) = (idle.as_f64().unwrap(), step.as_f64().unwrap());
+    assert_eq!(v["threads"], 2);
+    assert!((0.0..=2.0 * step).contains(&idle), "{json}");
 }

@@ -14,7 +14,7 @@ mod numerics;
 mod step;
 
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -217,6 +217,8 @@ pub struct Trainer {
     /// The units' buffers; the first `used` were the last step's.
     units: Vec<Unit>,
     used: usize,
+    /// Thread time the last step's threads spent not running work.
+    last_idle: Duration,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -343,6 +345,7 @@ impl Trainer {
             cfg: cfg.clone(),
             units: Vec::new(),
             used: 0,
+            last_idle: Duration::ZERO,
         };
         t.prepare_weights();
         Ok(t)
@@ -484,8 +487,10 @@ impl Trainer {
                 .map(|_| (0..units).map(|_| AtomicBool::new(false)).collect())
                 .collect(),
             ex: Exchange::new(threads, units),
+            busy_ns: AtomicU64::new(0),
             prof,
         };
+        let start = Instant::now();
         let merged = std::thread::scope(|s| {
             let ctx = &ctx;
             let handles: Vec<_> = (1..threads).map(|_| s.spawn(move || ctx.run())).collect();
@@ -495,7 +500,9 @@ impl Trainer {
             }
             merged
         });
-        drop(ctx);
+        let all = start.elapsed() * u32::try_from(threads).unwrap_or(u32::MAX);
+        self.last_idle = all.saturating_sub(Duration::from_nanos(ctx.busy_ns.into_inner()));
+        drop(ctx.units);
         let done = &self.units[..units];
         let loss: f64 = done.iter().map(|u| u.loss).sum();
         let correct = done.iter().map(|u| u.correct).sum();
@@ -603,6 +610,14 @@ impl Trainer {
             p.velocity = v;
         }
         Ok(())
+    }
+
+    /// The thread time the last step's threads spent without work, summed over threads:
+    /// starting, waiting at the BatchNorm exchanges for the others to finish a segment, and
+    /// waiting at the end for the last one. Near zero on one thread, up to the step's time
+    /// times the threads less one; `bnc bench --mode train` reports it.
+    pub fn last_idle(&self) -> Duration {
+        self.last_idle
     }
 
     /// The configuration the trainer was built with.

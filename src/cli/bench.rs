@@ -169,13 +169,17 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     for _ in 0..3 {
         trainer.step(&images, &labels)?;
     }
-    let mut times = Vec::new();
+    let (mut times, mut idle) = (Vec::new(), Vec::new());
     for _ in 0..a.reps {
         let t = Instant::now();
         std::hint::black_box(trainer.step(&images, &labels)?);
         times.push(t.elapsed());
+        idle.push(trainer.last_idle());
     }
     let per_step = median(times);
+    let idle = median(idle);
+    // Of the thread time a step takes, the share spent without work.
+    let idle_share = idle.as_secs_f64() / (per_step.as_secs_f64() * threads as f64).max(1e-12);
     let ips = batch as f64 / per_step.as_secs_f64().max(1e-12);
     let compile_ms = compile.as_secs_f64() * 1e3;
     // Per phase on one thread: the median over up to ten profiled steps.
@@ -204,6 +208,7 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         let obj = serde_json::json!({
             "model": file, "mode": "train", "batch": batch, "threads": threads,
             "images_per_s": ips, "us_per_step": per_step.as_secs_f64() * 1e6,
+            "idle_us_per_step": idle.as_secs_f64() * 1e6,
             "compile_ms": compile_ms, "kernels": ks,
         });
         println!("{obj}");
@@ -215,6 +220,12 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
             a.reps
         );
         println!("epoch of 60000 images at this rate: {:.2} s", 60000.0 / ips);
+        println!(
+            "threads idle: {:.2} ms per step over {threads} thread(s), {:.1}% of their time \
+             (starting, waiting at BatchNorm exchanges and for the last to finish)",
+            idle.as_secs_f64() * 1e3,
+            idle_share * 100.0
+        );
         println!("parse to native code: {compile_ms:.2} ms");
         println!("per phase (1 thread, whole batch):");
         for (name, us) in &phases {

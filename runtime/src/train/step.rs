@@ -21,7 +21,7 @@
 //! the previous segment, whose buffers are still in its cache; which thread runs a unit
 //! changes nothing in the result.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -188,6 +188,8 @@ pub(super) struct StepCtx<'a> {
     /// Per segment and unit, whether a thread has claimed it.
     pub(super) claimed: Vec<Vec<AtomicBool>>,
     pub(super) ex: Exchange,
+    /// Nanoseconds the threads spent running work (summed over threads).
+    pub(super) busy_ns: AtomicU64,
     /// Where phase times go when profiling (one thread).
     pub(super) prof: Option<&'a Mutex<Vec<(String, Duration)>>>,
 }
@@ -249,6 +251,8 @@ impl<'a> StepCtx<'a> {
             mean_inv: vec![Default::default(); layers],
             coef: vec![Vec::new(); layers],
         };
+        let start = Instant::now();
+        let mut waited = Duration::ZERO;
         let (mut previous, mut ran) = (Vec::new(), Vec::new());
         for (k, segment) in self.schedule.iter().enumerate() {
             while let Some((u, mut unit)) = self.claim(k, &mut previous) {
@@ -258,12 +262,21 @@ impl<'a> StepCtx<'a> {
                 ran.push(u);
             }
             previous = std::mem::take(&mut ran);
+            let mut gather = |k| {
+                let t = Instant::now();
+                let parts = self.ex.gather(k);
+                waited += t.elapsed();
+                parts
+            };
             match segment.then {
-                Sync::Stats(i) => self.merge_stats(i, &self.ex.gather(k), &mut m),
-                Sync::Sums(i) => self.merge_sums(i, &self.ex.gather(k), &mut m),
+                Sync::Stats(i) => self.merge_stats(i, &gather(k), &mut m),
+                Sync::Sums(i) => self.merge_sums(i, &gather(k), &mut m),
                 Sync::End => {}
             }
         }
+        let busy = start.elapsed().saturating_sub(waited);
+        let busy = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(busy, Ordering::Relaxed);
         m
     }
 
