@@ -1,12 +1,14 @@
 //! JIT training: a [`Trainer`] compiles a model's training plan (`lower::train`) into native
 //! kernels and runs SGD steps on batches split across threads.
 //!
-//! Each step runs inside one `std::thread::scope`. The batch is cut into units by its size
-//! alone; the threads claim units as they go, and where a reduction must see the whole batch
-//! (BatchNorm statistics, the BatchNorm backward sums) every unit's partial is published, the
-//! threads meet at a barrier, and each merges all partials in unit order. Weight gradients
-//! are per-unit partials summed in unit order after the scope. So the result depends only on
-//! the inputs and the parameters, not on the thread count (`step` has the details).
+//! Each step runs on the caller's thread and on worker threads kept between steps (a rayon
+//! pool, used only as a set of threads: one job per worker). The batch is cut into units by
+//! its size alone; the threads claim units as they go, and where a reduction must see the
+//! whole batch (BatchNorm statistics, the BatchNorm backward sums) every unit's partial is
+//! published, the threads meet at a barrier, and each merges all partials in unit order.
+//! Weight gradients are per-unit partials summed in unit order once the threads are done.
+//! So the result depends only on the inputs and the parameters, not on the thread count
+//! (`step` has the details).
 
 mod exchange;
 mod footprint;
@@ -219,6 +221,9 @@ pub struct Trainer {
     used: usize,
     /// Thread time the last step's threads spent not running work.
     last_idle: Duration,
+    /// The worker threads that run a step beside the caller's, started by the first step
+    /// on more than one thread and kept: starting a thread per step cost about 0.17 ms.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -346,6 +351,7 @@ impl Trainer {
             units: Vec::new(),
             used: 0,
             last_idle: Duration::ZERO,
+            pool: None,
         };
         t.prepare_weights();
         Ok(t)
@@ -468,7 +474,9 @@ impl Trainer {
         }
         self.alloc(b);
         let units = self.used;
-        let threads = self.cfg.threads.max(1).min(units);
+        let pool = workers(&mut self.pool, self.cfg.threads.max(1).min(units) - 1);
+        // Without workers (one thread, or none could be started) the caller runs it all.
+        let threads = pool.map_or(1, |_| self.cfg.threads.max(1).min(units));
         let fns: Vec<KernelFn> = (0..self.jit.len()).map(|i| self.jit.kernel(i)).collect();
         let ctx = StepCtx {
             plan: &self.plan,
@@ -491,15 +499,18 @@ impl Trainer {
             prof,
         };
         let start = Instant::now();
-        let merged = std::thread::scope(|s| {
-            let ctx = &ctx;
-            let handles: Vec<_> = (1..threads).map(|_| s.spawn(move || ctx.run())).collect();
-            let merged = ctx.run();
-            for h in handles {
-                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            }
-            merged
-        });
+        let merged = match pool {
+            Some(pool) => pool.in_place_scope(|s| {
+                let ctx = &ctx;
+                for _ in 1..threads {
+                    s.spawn(move |_| {
+                        ctx.run();
+                    });
+                }
+                ctx.run()
+            }),
+            None => ctx.run(),
+        };
         let all = start.elapsed() * u32::try_from(threads).unwrap_or(u32::MAX);
         self.last_idle = all.saturating_sub(Duration::from_nanos(ctx.busy_ns.into_inner()));
         drop(ctx.units);
@@ -629,6 +640,23 @@ impl Trainer {
     pub fn plan(&self) -> &TrainPlan {
         &self.plan
     }
+}
+
+/// `n` worker threads from `pool`, started the first time they are needed (and again if
+/// more are needed); `None` for none, or if the system refuses new threads, in which case
+/// the caller's thread runs the whole step.
+fn workers(pool: &mut Option<rayon::ThreadPool>, n: usize) -> Option<&rayon::ThreadPool> {
+    if n == 0 {
+        return None;
+    }
+    if pool.as_ref().is_none_or(|p| p.current_num_threads() < n) {
+        *pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("bnc-train-{}", i + 1))
+            .build()
+            .ok();
+    }
+    pool.as_ref()
 }
 
 /// The training plan of `model` (as parsed): the default train pipeline (what `bnc compile
