@@ -9,3 +9,4 @@ pub mod sgd;
 pub mod train;
 mod train_bwd;
 pub mod weights;
+mod workers;

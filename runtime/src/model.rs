@@ -30,6 +30,7 @@ use bnc_compiler::passes::{Mode, PassError, PassManager, Step, inference_pipelin
 use bnc_compiler::{DType, Tensor};
 
 use crate::weights::ParamStore;
+use crate::workers::workers;
 
 /// Why a model could not be compiled, bound or run.
 #[derive(Debug, Error)]
@@ -115,6 +116,8 @@ pub struct InferenceModel {
     slots: Vec<Vec<Vec<f32>>>,
     capacity: usize,
     threads: usize,
+    /// Worker threads kept between calls.
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// Raw buffer pointers handed to kernel threads.
@@ -148,6 +151,7 @@ impl InferenceModel {
             slots: Vec::new(),
             capacity: 0,
             threads: cfg.threads.max(1),
+            pool: None,
         })
     }
 
@@ -368,13 +372,17 @@ impl InferenceModel {
             run_thread(0, times);
             return Ok(ranges);
         }
-        std::thread::scope(|s| {
-            for t in 1..threads {
-                let run_thread = &run_thread;
-                s.spawn(move || run_thread(t, None));
-            }
-            run_thread(0, None);
-        });
+        match workers(&mut self.pool, threads - 1, "bnc-run") {
+            Some(pool) => pool.in_place_scope(|s| {
+                for t in 1..threads {
+                    let run_thread = &run_thread;
+                    s.spawn(move |_| run_thread(t, None));
+                }
+                run_thread(0, None);
+            }),
+            // No worker could be started: the ranges run one after another.
+            None => (0..threads).for_each(|t| run_thread(t, None)),
+        }
         Ok(ranges)
     }
 }

@@ -32,6 +32,7 @@ use bnc_compiler::passes::{Mode, PassError, PassManager};
 
 use crate::sgd::{Sgd, SgdParam};
 use crate::weights::{ParamStore, WeightsError};
+use crate::workers::workers;
 use exchange::Exchange;
 use step::{Merged, Segment, StepCtx, Unit};
 
@@ -222,7 +223,7 @@ pub struct Trainer {
     /// Thread time the last step's threads spent not running work.
     last_idle: Duration,
     /// The worker threads that run a step beside the caller's, started by the first step
-    /// on more than one thread and kept: starting a thread per step cost about 0.17 ms.
+    /// on more than one thread and kept.
     pool: Option<rayon::ThreadPool>,
 }
 
@@ -474,7 +475,11 @@ impl Trainer {
         }
         self.alloc(b);
         let units = self.used;
-        let pool = workers(&mut self.pool, self.cfg.threads.max(1).min(units) - 1);
+        let pool = workers(
+            &mut self.pool,
+            self.cfg.threads.max(1).min(units) - 1,
+            "bnc-train",
+        );
         // Without workers (one thread, or none could be started) the caller runs it all.
         let threads = pool.map_or(1, |_| self.cfg.threads.max(1).min(units));
         let fns: Vec<KernelFn> = (0..self.jit.len()).map(|i| self.jit.kernel(i)).collect();
@@ -640,23 +645,6 @@ impl Trainer {
     pub fn plan(&self) -> &TrainPlan {
         &self.plan
     }
-}
-
-/// `n` worker threads from `pool`, started the first time they are needed (and again if
-/// more are needed); `None` for none, or if the system refuses new threads, in which case
-/// the caller's thread runs the whole step.
-fn workers(pool: &mut Option<rayon::ThreadPool>, n: usize) -> Option<&rayon::ThreadPool> {
-    if n == 0 {
-        return None;
-    }
-    if pool.as_ref().is_none_or(|p| p.current_num_threads() < n) {
-        *pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("bnc-train-{}", i + 1))
-            .build()
-            .ok();
-    }
-    pool.as_ref()
 }
 
 /// The training plan of `model` (as parsed): the default train pipeline (what `bnc compile
