@@ -168,7 +168,7 @@ pub(super) struct Merged {
     scale_shift: Vec<(Vec<f32>, Vec<f32>)>,
     /// The backward kernel's per-channel mean and inverse standard deviation.
     mean_inv: Vec<(Vec<f32>, Vec<f32>)>,
-    /// The input-gradient kernel's coefficients.
+    /// The BatchNorm `dx` kernel's coefficients.
     coef: Vec<Vec<f32>>,
 }
 
@@ -502,6 +502,33 @@ impl<'a> StepCtx<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// LeNet-BN's step: cut at every BatchNorm exchange, each weight gradient after the
+    /// next exchange (conv2's, `WeightGrad(1)`, runs after conv1's sums, not between the
+    /// pass that writes conv1's `dy` and the `dx` pass that reads it back).
+    #[test]
+    fn lenet_bn_schedule() {
+        let model = bnc_compiler::text::parse(include_str!("../../../models/lenet_bn.ir"));
+        let plan = super::super::train_plan(&model.unwrap()).unwrap();
+        let got: Vec<String> = schedule(&plan)
+            .iter()
+            .map(|s| format!("{:?} -> {:?}", s.work, s.then))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "[Linear(0)] -> Stats(0)",
+                "[Post(0), Linear(1)] -> Stats(1)",
+                "[Post(1), Linear(2)] -> Stats(2)",
+                "[Post(2), Linear(3)] -> Stats(3)",
+                "[Post(3), Linear(4), Loss, Back(4), InputGrad(4), Back(3)] -> Sums(3)",
+                "[BnDx(3), WeightGrad(4), InputGrad(3), Back(2)] -> Sums(2)",
+                "[BnDx(2), WeightGrad(3), InputGrad(2), Back(1)] -> Sums(1)",
+                "[BnDx(1), WeightGrad(2), InputGrad(1), Back(0)] -> Sums(0)",
+                "[BnDx(0), WeightGrad(1), WeightGrad(0)] -> End",
+            ]
+        );
+    }
 
     /// Units cover the batch in order without gaps, shrink from 64 images to 8, and a
     /// batch too small to cut is one unit.
