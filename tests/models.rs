@@ -176,21 +176,28 @@ fn lenet_has_the_same_parameters_minus_batch_norm() {
 }
 
 #[test]
-fn compiled_lenet_bn_keeps_every_parameter_in_infer_mode_and_drops_redundant_biases_in_train_mode()
-{
-    // In train mode redundant-bias removes the biases that a BatchNorm's batch mean
-    // cancels (conv1, conv2, fc1, fc2 all feed one); fc3's bias stays.
-    let redundant = ["conv1.bias", "conv2.bias", "fc1.bias", "fc2.bias"];
+fn compiled_lenet_bn_keeps_every_parameter_and_moves_redundant_biases_in_train_mode() {
     for mode in [Mode::Infer, Mode::Train] {
         let (g, _) = compile(load("lenet_bn.ir"), mode, None);
         let names: Vec<String> = g.params().iter().map(|&p| g.node(p).name.clone()).collect();
-        let expected: Vec<String> = LENET_BN_PARAMS
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .filter(|n| mode == Mode::Infer || !redundant.contains(&n.as_str()))
-            .collect();
+        let expected: Vec<String> = LENET_BN_PARAMS.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(names, expected, "{}", mode.name());
     }
+    // In train mode redundant-bias moves the biases that a BatchNorm's batch mean cancels
+    // (conv1, conv2, fc1, fc2 all feed one) to that BatchNorm's running-mean update, where
+    // fuse-bn-train's batch_stats reads them; fc3's bias stays on fc3.
+    let (g, _) = compile(load("lenet_bn.ir"), Mode::Train, None);
+    let user_op = |param: &str| {
+        let users = g.users(g.lookup(param).unwrap());
+        users
+            .iter()
+            .map(|&(u, _)| g.node(u).op().unwrap().name())
+            .collect::<Vec<_>>()
+    };
+    for bias in ["conv1.bias", "conv2.bias", "fc1.bias", "fc2.bias"] {
+        assert_eq!(user_op(bias), ["batch_stats"], "{bias}");
+    }
+    assert_eq!(user_op("fc3.bias"), ["dense"]);
 }
 
 /// `docs/IR.md` shows LeNet-BN as written and as printed; both listings must be current.

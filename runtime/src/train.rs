@@ -146,10 +146,11 @@ struct LayerKernels {
 struct LayerParams {
     weight: usize,
     bias: Option<usize>,
-    /// The bias `redundant-bias` removed from before the BatchNorm: still a parameter (saved,
-    /// loaded, subject to weight decay, as in PyTorch) with a gradient of exactly zero, and
-    /// added to the batch mean in the running-mean update, which is the one place it shows.
-    cancelled_bias: Option<usize>,
+    /// The bias `redundant-bias` moved from the linear op to the BatchNorm's `input_bias`:
+    /// still a parameter (saved, loaded, subject to weight decay, as in PyTorch) with a
+    /// gradient of exactly zero, and added to the batch mean in the running-mean update,
+    /// which is the one place it shows.
+    input_bias: Option<usize>,
     /// gamma, beta, running mean, running variance.
     bn: Option<(usize, usize, Vec<f32>, Vec<f32>)>,
     /// The weight in the forward kernel's layout.
@@ -261,7 +262,11 @@ fn computed_params(g: &Graph, plan: &TrainPlan) -> Result<(), LowerError> {
         let bn =
             l.bn.iter()
                 .flat_map(|b| [&b.gamma, &b.beta, &b.running_mean, &b.running_var]);
-        let mut names = std::iter::once(&l.weight).chain(&l.bias).chain(bn);
+        let input_bias = l.bn.iter().filter_map(|b| b.input_bias.as_ref());
+        let mut names = std::iter::once(&l.weight)
+            .chain(&l.bias)
+            .chain(bn)
+            .chain(input_bias);
         let is_param = |name: &String| {
             g.lookup(name)
                 .is_some_and(|id| matches!(g.node(id).kind, NodeKind::Param))
@@ -317,11 +322,8 @@ impl Trainer {
             let c = [l.channels];
             let weight = add(&l.weight, &l.weight_shape)?;
             let bias = l.bias.as_deref().map(|b| add(b, &c)).transpose()?;
-            let cancelled_bias = match (&l.bias, &l.bn) {
-                (None, Some(_)) => model_bias(model, &l.nodes.linear.name),
-                _ => None,
-            };
-            let cancelled_bias = cancelled_bias.map(|b| add(&b, &c)).transpose()?;
+            let input_bias = l.bn.as_ref().and_then(|b| b.input_bias.as_deref());
+            let input_bias = input_bias.map(|b| add(b, &c)).transpose()?;
             let bn = match &l.bn {
                 Some(bn) => {
                     let gamma = add(&bn.gamma, &c)?;
@@ -335,7 +337,7 @@ impl Trainer {
             layers.push(LayerParams {
                 weight,
                 bias,
-                cancelled_bias,
+                input_bias,
                 bn,
                 w_fwd: Vec::new(),
                 w_bwd: Vec::new(),
@@ -566,7 +568,7 @@ impl Trainer {
                     1.0
                 };
                 // The batch mean of `z + b`, as the model (with its bias) defines it.
-                let bias = lp.cancelled_bias.map(|b| &self.sgd.params[b].value);
+                let bias = lp.input_bias.map(|b| &self.sgd.params[b].value);
                 for c in 0..l.channels {
                     let mean = stats.mean[c] + bias.map_or(0.0, |b| f64::from(b[c]));
                     rm[c] = (m * f64::from(rm[c]) + (1.0 - m) * mean) as f32;
@@ -655,19 +657,6 @@ fn train_plan(model: &Graph) -> Result<TrainPlan, TrainError> {
     let plan = plan(&g)?;
     computed_params(&g, &plan)?;
     Ok(plan)
-}
-
-/// The bias parameter of the conv2d or dense node `name` in `model` (as parsed), if it has
-/// one.
-fn model_bias(model: &Graph, name: &str) -> Option<String> {
-    let id = model.lookup(name)?;
-    let has_bias = match model.node(id).op()? {
-        Op::Conv2d(a) => a.bias,
-        Op::Dense(a) => a.bias,
-        _ => false,
-    };
-    let ops = model.operands(id);
-    (has_bias && ops.len() > 2).then(|| model.node(ops[2]).name.clone())
 }
 
 fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {

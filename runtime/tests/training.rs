@@ -139,8 +139,9 @@ fn check_with(src: &str, threads: usize, biases: bool) {
             stats.loss
         );
         // Every gradient against the interpreter's backward pass (`interp::gradients`,
-        // which runs the autodiff pass). A bias that `redundant-bias` removed has no
-        // reference gradient: the BatchNorm after it cancels it, so the JIT's must be ~0.
+        // which runs the autodiff pass). A bias that `redundant-bias` moved to a BatchNorm's
+        // `input_bias` has no reference gradient: the BatchNorm cancels it, so the JIT's
+        // must be ~0.
         let inputs = HashMap::from([
             (
                 "x".to_string(),
@@ -175,10 +176,10 @@ fn check_with(src: &str, threads: usize, biases: bool) {
                 "the JIT has no gradient for {name}"
             );
         }
-        // `interp::gradients` runs the train pipeline, whose `redundant-bias` leaves a
-        // removed bias out of the running mean (see that pass); the reference is the model's
-        // own train-mode run, so the two agree only when the biases are zero.
-        for (name, want) in want.running.iter().filter(|_| !biases) {
+        // `interp::gradients` runs the train pipeline, whose `redundant-bias` moves a bias
+        // into the BatchNorm's running-mean update; the reference is the model's own
+        // train-mode run, with the bias in place. The two agree, biases or not.
+        for (name, want) in &want.running {
             let e = metric(f32s(&reference[name]), f32s(want));
             assert!(
                 e < 1e-6,
@@ -230,9 +231,10 @@ fn mlp_bn_step_matches_interpreter() {
     check_against_interpreter(MLP_BN, 2);
 }
 
-/// The trainer lowers the train pipeline's output, where `redundant-bias` removed the
-/// biases before each BatchNorm; they stay parameters (decayed, saved) and, when not zero,
-/// must still shift the running mean as in the model.
+/// The trainer lowers the train pipeline's output, where `redundant-bias` moved the biases
+/// before each BatchNorm into its running-mean update (`input_bias`); they stay parameters
+/// (decayed, saved) and, when not zero, must still shift the running mean as in the model,
+/// in the JIT and in the interpreter's train pipeline alike.
 #[test]
 fn biases_before_batch_norm_match_interpreter() {
     check_with(LENET_BN, 2, true);

@@ -287,6 +287,7 @@ impl<'a> Converter<'a> {
             eps,
             momentum,
             running_var: self.running_var,
+            input_bias: false,
         });
         let (id, name) = self.op(node, n, op, &[x])?;
         let mut params = Vec::with_capacity(4);

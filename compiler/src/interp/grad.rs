@@ -95,7 +95,7 @@ pub(crate) fn gradients_with(
             _ => continue,
         };
         {
-            for &stat in &g.operands(id)[first..] {
+            for &stat in &g.operands(id)[first..first + 2] {
                 let name = &g.node(stat).name;
                 if let Some(t) = params.get(name) {
                     running.insert(name.clone(), t.clone());

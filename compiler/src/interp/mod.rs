@@ -276,7 +276,14 @@ impl<'g> Interpreter<'g> {
                 // empty batch has no statistics and leaves them unchanged.
                 if stats.count > 0 {
                     let running_var = stats.running_var_update(a);
-                    for (slot, stat) in [(first, &stats.mean), (first + 1, &running_var)] {
+                    // The mean of the input with the bias `redundant-bias` took off it.
+                    let mut mean = stats.mean.clone();
+                    if a.input_bias
+                        && let Some(b) = x.get(first + 2)
+                    {
+                        mean.iter_mut().zip(&b.data).for_each(|(m, b)| *m += b);
+                    }
+                    for (slot, stat) in [(first, &mean), (first + 1, &running_var)] {
                         let name = &g.node(operands[slot]).name;
                         if let Some(t) = store.get_mut(name) {
                             batch_norm::update_running(t, stat, a.momentum);

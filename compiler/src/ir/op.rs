@@ -49,6 +49,11 @@ pub struct BatchNormAttrs {
     pub momentum: f64,
     /// Which batch variance updates the running variance.
     pub running_var: VarConvention,
+    /// `batch_norm_train` and `batch_stats` only: the last operand is a per-channel bias
+    /// that `redundant-bias` took off the input. It cancels in the output (the batch mean
+    /// subtracts it) and has no gradient, but the running mean tracks the mean of the
+    /// input with it, so the update adds it to the batch mean.
+    pub input_bias: bool,
 }
 
 impl Default for BatchNormAttrs {
@@ -57,6 +62,7 @@ impl Default for BatchNormAttrs {
             eps: 1e-5,
             momentum: 0.9,
             running_var: VarConvention::Biased,
+            input_bias: false,
         }
     }
 }
@@ -324,6 +330,7 @@ pub struct OpInfo {
 
 const CONV_ATTRS: &[&str] = &["channels", "kernel", "stride", "padding", "groups", "bias"];
 const BN_ATTRS: &[&str] = &["eps", "momentum", "running_var"];
+const BN_TRAIN_ATTRS: &[&str] = &["eps", "momentum", "running_var", "input_bias"];
 const AVG_POOL_ATTRS: &[&str] = &["kernel", "stride", "padding", "count_include_pad"];
 const MAX_POOL_ATTRS: &[&str] = &["kernel", "stride", "padding"];
 const CONV_GRAD_INPUT_ATTRS: &[&str] = &["input_size", "stride", "padding", "groups"];
@@ -356,7 +363,7 @@ pub const OPS: &[OpInfo] = &[
         kind: OpKind::BatchNormTrain,
         name: "batch_norm_train",
         data_arity: 1,
-        attrs: BN_ATTRS,
+        attrs: BN_TRAIN_ATTRS,
         summary: "batch normalization with batch statistics, updating running statistics",
     },
     OpInfo {
@@ -573,7 +580,7 @@ pub const OPS: &[OpInfo] = &[
         kind: OpKind::BatchStats,
         name: "batch_stats",
         data_arity: 3,
-        attrs: BN_ATTRS,
+        attrs: BN_TRAIN_ATTRS,
         summary: "fused BN (x, running_mean, running_var): batch mean and biased variance as f32[2,C], updating the running statistics",
     },
     OpInfo {
@@ -693,9 +700,21 @@ impl Op {
             Op::Conv2d(Conv2dAttrs { bias: true, .. })
             | Op::Dense(DenseAttrs { bias: true, .. }) => &["weight", "bias"],
             Op::Conv2d(_) | Op::Dense(_) => &["weight"],
+            Op::BatchNormTrain(BatchNormAttrs {
+                input_bias: true, ..
+            }) => &[
+                "weight",
+                "bias",
+                "running_mean",
+                "running_var",
+                "input_bias",
+            ],
             Op::BatchNorm(_) | Op::BatchNormTrain(_) | Op::BatchNormInfer(_) => {
                 &["weight", "bias", "running_mean", "running_var"]
             }
+            Op::BatchStats(BatchNormAttrs {
+                input_bias: true, ..
+            }) => &["input_bias"],
             _ => &[],
         }
     }
@@ -732,13 +751,16 @@ impl Op {
                 ("bias", a.bias.to_string()),
             ],
             Op::Dense(a) => vec![("units", a.units.to_string()), ("bias", a.bias.to_string())],
-            Op::BatchNorm(a)
-            | Op::BatchNormTrain(a)
-            | Op::BatchNormInfer(a)
-            | Op::BatchStats(a) => vec![
+            Op::BatchNorm(a) | Op::BatchNormInfer(a) => vec![
                 ("eps", format!("{:?}", a.eps)),
                 ("momentum", format!("{:?}", a.momentum)),
                 ("running_var", a.running_var.to_string()),
+            ],
+            Op::BatchNormTrain(a) | Op::BatchStats(a) => vec![
+                ("eps", format!("{:?}", a.eps)),
+                ("momentum", format!("{:?}", a.momentum)),
+                ("running_var", a.running_var.to_string()),
+                ("input_bias", a.input_bias.to_string()),
             ],
             Op::BnScale { eps }
             | Op::BnShift { eps }

@@ -318,7 +318,7 @@ pub fn infer(op: &Op, data: &[&TensorType]) -> Result<Inferred, ShapeErrorKind> 
             let c = fixed(name, x, 1)?;
             Inferred {
                 result: x.clone(),
-                params: vec![TensorType::f32_fixed(&[c]); 4],
+                params: vec![TensorType::f32_fixed(&[c]); op.param_slots().len()],
             }
         }
         Op::Sigmoid | Op::Relu | Op::Tanh => {

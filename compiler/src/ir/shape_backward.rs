@@ -190,7 +190,11 @@ pub(super) fn infer(op: &Op, data: &[&TensorType]) -> R<Inferred> {
             for &running in &data[1..] {
                 same(name, &TensorType::f32_fixed(&[c]), running)?;
             }
-            result(TensorType::f32_fixed(&[2, c]))
+            // The input bias, if any, is a parameter of the channel's shape.
+            Inferred {
+                result: TensorType::f32_fixed(&[2, c]),
+                params: vec![TensorType::f32_fixed(&[c]); op.param_slots().len()],
+            }
         }
         Op::BatchNormApply { .. }
         | Op::BatchNormGradSums { .. }

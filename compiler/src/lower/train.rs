@@ -53,6 +53,10 @@ pub struct BnPlan {
     pub momentum: f64,
     /// Whether the running variance takes the unbiased batch variance.
     pub unbiased: bool,
+    /// The bias `redundant-bias` took off the linear output (the `batch_stats` input
+    /// bias): no part of the output or the gradients, but added to the batch mean in the
+    /// running-mean update.
+    pub input_bias: Option<String>,
 }
 
 /// An IR node that a layer fuses: its name and its op's text name, so that the runtime can
@@ -544,7 +548,7 @@ fn layer(
     ))
 }
 
-/// The BatchNorm of `stats = batch_stats(x, running_mean, running_var)` and
+/// The BatchNorm of `stats = batch_stats(x, running_mean, running_var[, input_bias])` and
 /// `apply = batch_norm_apply(x, stats, γ, β)`.
 fn bn_plan(g: &Graph, stats: NodeId, apply: NodeId, a: &BatchNormAttrs) -> BnPlan {
     let name = |id: NodeId, i: usize| g.node(g.operands(id)[i]).name.clone();
@@ -557,6 +561,7 @@ fn bn_plan(g: &Graph, stats: NodeId, apply: NodeId, a: &BatchNormAttrs) -> BnPla
         eps: a.eps,
         momentum: a.momentum,
         unbiased: a.running_var != VarConvention::Biased,
+        input_bias: a.input_bias.then(|| name(stats, 3)),
     }
 }
 

@@ -94,8 +94,12 @@ impl Pass for FuseBnTrain {
             let bn_name = g.node(bn).name.clone();
             let span = g.node(bn).span;
             // Forward: BN_train(x) = apply(x, stats(x)).
+            // The input bias, if `redundant-bias` moved one here, goes with the running
+            // statistics it updates.
+            let stats_ops: Vec<NodeId> =
+                [x, rm, rv].into_iter().chain(ops.get(5).copied()).collect();
             let op = Op::BatchStats(a);
-            let stats = add(g, format!("{bn_name}.stats"), op, &[x, rm, rv], span);
+            let stats = add(g, format!("{bn_name}.stats"), op, &stats_ops, span);
             let stats_name = g.node(stats).name.clone();
             let apply = replace(g, bn, Op::BatchNormApply { eps }, &[x, stats, gamma, beta]);
             // Backward: the input gradient of this BatchNorm is the one with its (x, γ).

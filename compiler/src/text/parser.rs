@@ -472,6 +472,7 @@ fn build_op(s: &OpStmt) -> R<Op> {
                 "a number in [0, 1]",
             )?,
             running_var,
+            input_bias: at.bool("input_bias", false)?,
         })
     };
     let pool = || -> R<PoolAttrs> {
