@@ -9,7 +9,7 @@
 //! barrier, which every thread reaches only after reading this one's.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Spins before a waiting thread starts yielding its core.
 const SPINS: u32 = 1 << 14;
@@ -19,6 +19,8 @@ struct SpinBarrier {
     threads: usize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
+    /// Set when a thread of the step panicked: it will never arrive.
+    poisoned: AtomicBool,
 }
 
 impl SpinBarrier {
@@ -27,10 +29,12 @@ impl SpinBarrier {
             threads,
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
+            poisoned: AtomicBool::new(false),
         }
     }
 
-    /// Returns once all `threads` have called `wait` for this generation.
+    /// Returns once all `threads` have called `wait` for this generation; panics if the
+    /// barrier is poisoned first, since a thread that panicked never arrives.
     fn wait(&self) {
         let generation = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
@@ -41,6 +45,10 @@ impl SpinBarrier {
         }
         let mut spins = 0u32;
         while self.generation.load(Ordering::Acquire) == generation {
+            assert!(
+                !self.poisoned.load(Ordering::Relaxed),
+                "another thread of the training step panicked"
+            );
             if spins < SPINS {
                 std::hint::spin_loop();
                 spins += 1;
@@ -77,6 +85,14 @@ impl Exchange {
             .unwrap_or_else(|e| e.into_inner()) = data;
     }
 
+    /// Releases the threads waiting at the barrier, and any that arrive later, with a
+    /// panic of their own: the calling thread is unwinding and will never arrive. Without
+    /// it a panic in one thread (a bug: inputs are checked before the step starts) would
+    /// leave the others spinning forever.
+    pub(super) fn poison(&self) {
+        self.barrier.poisoned.store(true, Ordering::Relaxed);
+    }
+
     /// Waits until every thread is done publishing for exchange `k`, then returns every
     /// unit's partial, in unit order.
     pub(super) fn gather(&self, k: usize) -> Vec<Vec<f64>> {
@@ -91,6 +107,24 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread waiting at the barrier is released, with a panic, when another thread
+    /// poisons the exchange instead of arriving.
+    #[test]
+    fn a_poisoned_exchange_releases_the_waiting_threads() {
+        let ex = Exchange::new(2, 2);
+        let waited = std::thread::scope(|s| {
+            let waiting =
+                s.spawn(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ex.gather(0))));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            ex.poison();
+            waiting.join().expect("the waiting thread returns")
+        });
+        assert!(
+            waited.is_err(),
+            "the waiting thread must not pass the barrier"
+        );
+    }
 
     /// Many back-to-back exchanges between three threads, each publishing its share of
     /// seven units, see exactly that round's value of every unit, in unit order (a slot

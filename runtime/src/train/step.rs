@@ -243,6 +243,16 @@ impl<'a> StepCtx<'a> {
     /// Runs the whole schedule on one thread, sharing the units with the others; returns
     /// what this thread merged (every thread merges the same).
     pub(super) fn run(&self) -> Merged {
+        /// Poisons the exchange if the thread unwinds, so the others stop waiting for it.
+        struct Unwinding<'e>(&'e Exchange);
+        impl Drop for Unwinding<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.poison();
+                }
+            }
+        }
+        let _unwinding = Unwinding(&self.ex);
         let layers = self.plan.layers.len();
         let mut m = Merged {
             stats: vec![None; layers],
