@@ -200,10 +200,11 @@ pub enum Op {
     /// Backward of `flatten` (operands: dy, like): `dy` reshaped to the shape of `like`.
     Unflatten,
     /// Fused train-mode BatchNorm (`fuse-bn-train`; operands: x, running_mean,
-    /// running_var): the batch statistics of `x` (rank 2 or 4) as `f32[2, C]`, row 0 the
-    /// mean and row 1 the biased variance, computed in the epilogue of the kernel that
-    /// produces `x`. In train mode it updates the running statistics from them, as
-    /// `batch_norm_train` does (the BatchNorm's attributes).
+    /// running_var, and the input bias with `input_bias`): the batch statistics of `x`
+    /// (rank 2 or 4) as `f32[2, C]`, row 0 the mean and row 1 the biased variance,
+    /// computed in the epilogue of the kernel that produces `x`. In train mode it updates
+    /// the running statistics from them, as `batch_norm_train` does (the BatchNorm's
+    /// attributes).
     BatchStats(BatchNormAttrs),
     /// Fused train-mode BatchNorm: `γ·(x − mean)/√(var + ε) + β` from `batch_stats`
     /// (operands: x, stats, γ, β).
@@ -581,7 +582,7 @@ pub const OPS: &[OpInfo] = &[
         name: "batch_stats",
         data_arity: 3,
         attrs: BN_TRAIN_ATTRS,
-        summary: "fused BN (x, running_mean, running_var): batch mean and biased variance as f32[2,C], updating the running statistics",
+        summary: "fused BN (x, running_mean, running_var[, input_bias]): batch mean and biased variance as f32[2,C], updating the running statistics",
     },
     OpInfo {
         kind: OpKind::BatchNormApply,
