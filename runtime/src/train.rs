@@ -477,13 +477,10 @@ impl Trainer {
         }
         self.alloc(b);
         let units = self.used;
-        let pool = workers(
-            &mut self.pool,
-            self.cfg.threads.max(1).min(units) - 1,
-            "bnc-train",
-        );
+        let threads = self.cfg.threads.max(1).min(units);
+        let pool = workers(&mut self.pool, threads - 1, "bnc-train");
         // Without workers (one thread, or none could be started) the caller runs it all.
-        let threads = pool.map_or(1, |_| self.cfg.threads.max(1).min(units));
+        let threads = if pool.is_some() { threads } else { 1 };
         let fns: Vec<KernelFn> = (0..self.jit.len()).map(|i| self.jit.kernel(i)).collect();
         let ctx = StepCtx {
             plan: &self.plan,
