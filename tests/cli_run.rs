@@ -326,3 +326,53 @@ fn bench_train_reports_a_training_step() {
     assert_eq!(v["threads"], 2);
     assert!((0.0..=2.0 * step).contains(&idle), "{json}");
 }
+
+/// `--baseline` times a second model's step beside each step of the first and reports the
+/// ratio; it compares training steps only.
+#[test]
+fn bench_train_against_a_baseline() {
+    let json = ok(&[
+        "bench",
+        "models/lenet_bn.ir",
+        "--mode",
+        "train",
+        "--batch",
+        "16",
+        "--reps",
+        "3",
+        "--baseline",
+        "models/lenet.ir",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let b = &v["baseline"];
+    assert_eq!(b["model"], "models/lenet.ir", "{json}");
+    let (step, base) = (v["us_per_step"].as_f64().unwrap(), b["us_per_step"].as_f64());
+    assert!(base.unwrap() > 0.0 && step > 0.0, "{json}");
+    let ratio = b["ratio"].as_f64().unwrap();
+    assert!(ratio.is_finite() && ratio > 0.0, "{json}");
+    let text = ok(&[
+        "bench",
+        "models/lenet_bn.ir",
+        "--mode",
+        "train",
+        "--batch",
+        "16",
+        "--reps",
+        "1",
+        "--baseline",
+        "models/lenet.ir",
+    ]);
+    assert!(text.contains("baseline models/lenet.ir:"), "{text}");
+    let e = fails(&["bench", "models/lenet_bn.ir", "--baseline", "models/lenet.ir"]);
+    assert!(e.contains("--baseline compares training steps; add --mode train"), "{e}");
+    let e = fails(&[
+        "bench",
+        "models/lenet_bn.ir",
+        "--mode",
+        "train",
+        "--baseline",
+        "/nonexistent.ir",
+    ]);
+    assert!(e.contains("/nonexistent.ir"), "{e}");
+}

@@ -223,6 +223,10 @@ pub struct Trainer {
     used: usize,
     /// Thread time the last step's threads spent not running work.
     last_idle: Duration,
+    /// Whether BatchNorm layers keep `z` through the step ([`Trainer::keep_z`]).
+    keep_z: bool,
+    /// Whether the last step wrote `dz` over `z` in the layers where it may.
+    z_overwritten: bool,
     /// The worker threads that run a step beside the caller's, started by the first step
     /// on more than one thread and kept.
     pool: Option<rayon::ThreadPool>,
@@ -354,6 +358,8 @@ impl Trainer {
             units: Vec::new(),
             used: 0,
             last_idle: Duration::ZERO,
+            keep_z: false,
+            z_overwritten: false,
             pool: None,
         };
         t.prepare_weights();
@@ -387,6 +393,7 @@ impl Trainer {
             if unit.capacity >= images {
                 continue;
             }
+            let keep_z = self.keep_z;
             let make = |l: &TrainLayer| LayerBufs {
                 z: if l.bn.is_some() {
                     vec![0.0; images * l.z_len]
@@ -400,7 +407,12 @@ impl Trainer {
                     Vec::new()
                 },
                 d_out: vec![0.0; images * l.out_len],
-                d_z: vec![0.0; images * l.z_len],
+                // A BatchNorm layer with a `PoolActBack` writes `dz` over `z`.
+                d_z: if dz_in_z(l, keep_z) {
+                    Vec::new()
+                } else {
+                    vec![0.0; images * l.z_len]
+                },
                 stats: vec![0.0; 3 * l.channels],
                 sums: vec![0.0; images * pool_act_back_sums(l.channels, l.bn.is_some())],
                 gw: vec![0.0; l.weight_shape.iter().product()],
@@ -499,6 +511,7 @@ impl Trainer {
                 .map(|_| (0..units).map(|_| AtomicBool::new(false)).collect())
                 .collect(),
             ex: Exchange::new(threads, units),
+            keep_z: self.keep_z,
             busy_ns: AtomicU64::new(0),
             prof,
         };
@@ -517,6 +530,7 @@ impl Trainer {
         };
         let all = start.elapsed() * u32::try_from(threads).unwrap_or(u32::MAX);
         self.last_idle = all.saturating_sub(Duration::from_nanos(ctx.busy_ns.into_inner()));
+        self.z_overwritten = !self.keep_z;
         drop(ctx.units);
         let done = &self.units[..units];
         let loss: f64 = done.iter().map(|u| u.loss).sum();
@@ -635,6 +649,23 @@ impl Trainer {
         self.last_idle
     }
 
+    /// Whether BatchNorm layers keep `z`, their linear output, until the step ends.
+    ///
+    /// By default the BatchNorm input-gradient pass writes `dz` over `z`, which it is the
+    /// last to read: one buffer less per layer, and a pass that reads and writes the same
+    /// memory instead of filling a fresh buffer. [`Trainer::check_numerics`] then cannot see
+    /// `z` and finds a non-finite `z` in the activation it feeds. With `keep` the pass
+    /// writes `dz` to its own buffer (the step is a little slower and needs that buffer) so
+    /// that the guard names the linear op itself; `bnc train --check-numerics` sets it. The
+    /// results are the same bits either way. Takes effect at the next step.
+    pub fn keep_z(&mut self, keep: bool) {
+        if keep != self.keep_z {
+            self.keep_z = keep;
+            // Reallocate, to add or drop the `dz` buffers.
+            self.units.iter_mut().for_each(|u| u.capacity = 0);
+        }
+    }
+
     /// The configuration the trainer was built with.
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
@@ -654,6 +685,13 @@ fn train_plan(model: &Graph) -> Result<TrainPlan, TrainError> {
     let plan = plan(&g)?;
     computed_params(&g, &plan)?;
     Ok(plan)
+}
+
+/// Whether layer `l` writes its `dz` over `z`: a BatchNorm layer whose input-gradient pass
+/// recomputes `dy` from the pooled gradient and `a` (so reads no `dz` buffer), unless the
+/// trainer keeps `z`.
+fn dz_in_z(l: &TrainLayer, keep_z: bool) -> bool {
+    l.bn.is_some() && l.back.is_some() && !keep_z
 }
 
 fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {

@@ -52,10 +52,21 @@ fn poke(params: &mut ParamStore, name: &str, i: usize, v: f32) {
     params.insert(name, Tensor::new(t.shape().to_vec(), data).unwrap());
 }
 
-/// One step on a batch of 16 (the given image poked with `pixel`), then the guard.
+/// One step on a batch of 16 (the given image poked with `pixel`), keeping every buffer
+/// for the guard as `bnc train --check-numerics` does, then the guard.
 fn first_non_finite(src: &str, params: ParamStore, pixel: Option<(usize, f32)>) -> NonFinite {
+    first_non_finite_kept(src, params, pixel, true)
+}
+
+fn first_non_finite_kept(
+    src: &str,
+    params: ParamStore,
+    pixel: Option<(usize, f32)>,
+    keep_z: bool,
+) -> NonFinite {
     let (g, _) = model(src, 0);
     let mut t = Trainer::new(&g, params, &cfg(2)).unwrap();
+    t.keep_z(keep_z);
     let (mut images, labels) = batch(&mut SplitMix64::new(1), 16);
     if let Some((i, v)) = pixel {
         images[i] = v;
@@ -76,12 +87,13 @@ fn output_of(e: &NonFinite) -> (&str, &'static str, Vec<&str>, usize) {
     }
 }
 
-/// A finite step passes the guard, on one thread and on two.
+/// A finite step passes the guard, on one thread and on two, with and without `z` kept.
 #[test]
 fn finite_steps_pass() {
-    for threads in [1, 2] {
+    for (threads, keep_z) in [(1, false), (2, false), (2, true)] {
         let (g, params) = model(LENET_BN, 0);
         let mut t = Trainer::new(&g, params, &cfg(threads)).unwrap();
+        t.keep_z(keep_z);
         let mut rng = SplitMix64::new(2);
         for n in [16, 5] {
             let (images, labels) = batch(&mut rng, n);
@@ -121,6 +133,22 @@ fn the_guard_names_the_node_that_produced_the_value() {
         ),
         "{e}"
     );
+
+    // Without `z` kept, the BatchNorm dx pass overwrote it, and a NaN weight shows in the
+    // activation that `z` feeds; an infinite pixel spreads through the batch statistics
+    // to every image.
+    let (_, mut params) = model(LENET_BN, 0);
+    poke(&mut params, "conv2.weight", 7, f32::NAN);
+    let e = first_non_finite_kept(LENET_BN, params, None, false);
+    assert_eq!(output_of(&e), ("act2", "sigmoid", vec!["bn2"], 0));
+    let (_, params) = model(LENET_BN, 0);
+    let e = first_non_finite_kept(
+        LENET_BN,
+        params,
+        Some((11 * 784 + 300, f32::INFINITY)),
+        false,
+    );
+    assert_eq!(output_of(&e), ("act1", "sigmoid", vec!["bn1"], 0));
 
     // A dense layer without BatchNorm or activation: its own output.
     let (_, mut params) = model(MLP_BN, 0);

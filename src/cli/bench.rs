@@ -38,6 +38,12 @@ pub struct BenchArgs {
     /// Print one JSON object to stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// With --mode train: also time this model's step (random weights from the seed),
+    /// alternating step for step with FILE's so that both see the same machine, and report
+    /// FILE's time as a ratio of it (e.g. `lenet_bn.ir --baseline lenet.ir`: the cost of
+    /// BatchNorm).
+    #[arg(long, value_name = "B.ir")]
+    baseline: Option<PathBuf>,
 }
 
 /// The weights to measure with: the given file, or a random initialization from the seed.
@@ -55,10 +61,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Runs `bnc bench`.
 pub fn run(a: BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     if let ModeArg::Train = a.mode {
         return train(&a, v);
+    }
+    if a.baseline.is_some() {
+        anyhow::bail!("--baseline compares training steps; add --mode train");
     }
     let file = a.file.display().to_string();
     let (batch, threads) = (a.exec.batch as usize, a.exec.threads as usize);
@@ -158,6 +172,19 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     let mut trainer = Trainer::new(&g, params, &cfg)
         .with_context(|| format!("{file}: cannot compile for training"))?;
     let compile = start.elapsed();
+    let mut baseline = match &a.baseline {
+        Some(path) => {
+            let name = path.display().to_string();
+            let g = bnc::load_model(path)?;
+            let params = init_params(&typed_model(path)?, a.seed)
+                .into_iter()
+                .collect();
+            let t = Trainer::new(&g, params, &cfg)
+                .with_context(|| format!("{name}: cannot compile for training"))?;
+            Some((name, t))
+        }
+        None => None,
+    };
     if v.details() {
         for l in &trainer.plan().layers {
             eprintln!("layer {:<28} {:?}", l.name, l.linear);
@@ -166,16 +193,39 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     let mut rng = SplitMix64::new(a.seed.wrapping_add(1));
     let images: Vec<f32> = (0..batch * 784).map(|_| rng.next_f32()).collect();
     let labels: Vec<i32> = (0..batch).map(|_| rng.below(10) as i32).collect();
+    let step = |t: &mut Trainer| -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        std::hint::black_box(t.step(&images, &labels)?);
+        Ok(start.elapsed())
+    };
     for _ in 0..3 {
-        trainer.step(&images, &labels)?;
+        step(&mut trainer)?;
+        if let Some((_, b)) = &mut baseline {
+            step(b)?;
+        }
     }
-    let (mut times, mut idle) = (Vec::new(), Vec::new());
-    for _ in 0..a.reps {
-        let t = Instant::now();
-        std::hint::black_box(trainer.step(&images, &labels)?);
-        times.push(t.elapsed());
+    let (mut times, mut idle, mut base_times) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..a.reps {
+        // With a baseline, each repetition times one step of each, in alternating order.
+        let base_first = rep % 2 == 1;
+        if let (true, Some((_, b))) = (base_first, &mut baseline) {
+            base_times.push(step(b)?);
+        }
+        times.push(step(&mut trainer)?);
         idle.push(trainer.last_idle());
+        if let (false, Some((_, b))) = (base_first, &mut baseline) {
+            base_times.push(step(b)?);
+        }
     }
+    // Per repetition, the step's time over the baseline's right beside it.
+    let ratios: Vec<f64> = times
+        .iter()
+        .zip(&base_times)
+        .map(|(t, b)| t.as_secs_f64() / b.as_secs_f64().max(1e-12))
+        .collect();
+    let base = baseline
+        .as_ref()
+        .map(|(name, _)| (name.clone(), median(base_times), median_f64(ratios)));
     let per_step = median(times);
     let idle = median(idle);
     // Of the thread time a step takes, the share spent without work.
@@ -205,12 +255,19 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
             .iter()
             .map(|(name, us)| serde_json::json!({ "name": name, "us": us }))
             .collect();
-        let obj = serde_json::json!({
+        let mut obj = serde_json::json!({
             "model": file, "mode": "train", "batch": batch, "threads": threads,
             "images_per_s": ips, "us_per_step": per_step.as_secs_f64() * 1e6,
             "idle_us_per_step": idle.as_secs_f64() * 1e6,
             "compile_ms": compile_ms, "kernels": ks,
         });
+        if let Some((name, t, ratio)) = &base {
+            obj["baseline"] = serde_json::json!({
+                "model": name, "us_per_step": t.as_secs_f64() * 1e6,
+                "images_per_s": batch as f64 / t.as_secs_f64().max(1e-12),
+                "ratio": ratio,
+            });
+        }
         println!("{obj}");
     } else {
         println!("{file}: training step, batch {batch}, {threads} thread(s)");
@@ -220,6 +277,13 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
             a.reps
         );
         println!("epoch of 60000 images at this rate: {:.2} s", 60000.0 / ips);
+        if let Some((name, t, ratio)) = &base {
+            println!(
+                "baseline {name}: {:.1} ms per step (median, steps alternated with the above); \
+                 ratio {ratio:.3} (median over the repetitions of step / baseline step)",
+                t.as_secs_f64() * 1e3,
+            );
+        }
         println!(
             "threads idle: {:.2} ms per step over {threads} thread(s), {:.1}% of their time \
              (starting, waiting at BatchNorm exchanges and for the last to finish)",

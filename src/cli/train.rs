@@ -78,7 +78,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N", requires = "checkpoint", value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: Option<u64>,
     /// Check every buffer after every step for NaN and infinity and stop at the first,
-    /// naming the node and op that produced it.
+    /// naming the node and op that produced it (the step keeps every buffer for it, which
+    /// makes it a little slower).
     #[arg(long)]
     pub check_numerics: bool,
     /// Write the trained weights and running statistics (atomically).
@@ -167,6 +168,8 @@ pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
     let batch = NonZeroUsize::new(recipe.batch).unwrap_or(NonZeroUsize::MIN);
     let mut trainer = Trainer::new(&source, params, &cfg)
         .with_context(|| format!("{file}: cannot compile for training"))?;
+    // The guard names a non-finite BatchNorm input only if the step keeps it.
+    trainer.keep_z(a.check_numerics);
     if let Some(v) = &velocities {
         trainer
             .set_velocities(v)

@@ -259,11 +259,13 @@ pub enum KernelSpec {
         /// Zero padding `[ph, pw]`.
         padding: [usize; 2],
     },
-    /// Backward of a training layer's pool and activation, with the BatchNorm sums in the
-    /// same pass: `dy = unpool(grad) · act'(saved)` per element of `[n, c, h, w]` into
-    /// `output`, and per image and channel `Σdy` (and with `bn` also `Σdy·x̂`, where
-    /// `x̂ = (z - mean[c])·inv_std[c]`) into `sums` (`c`, or `2c` with `bn`, floats per image).
-    /// Only disjoint average windows (stride = kernel, no padding) are supported.
+    /// Backward of a training layer's pool and activation with its sums, in one pass:
+    /// `dy = unpool(grad) · act'(saved)` per element of `[n, c, h, w]`, and per image and
+    /// channel `Σdy` into `sums` (`c` floats per image). Without `bn`, `dy` goes to `output`
+    /// (the bias gradient is `Σdy`). With `bn` there is no `output`: the sums are `Σdy` and
+    /// `Σdy·x̂` (`2c` floats per image), `x̂ = (z - mean[c])·inv_std[c]`, and `BnBackDx`
+    /// recomputes `dy` once they are merged. Only disjoint average windows (stride = kernel,
+    /// no padding) are supported.
     PoolActBack {
         /// Channels.
         c: usize,
@@ -275,13 +277,16 @@ pub enum KernelSpec {
         act: Activation,
         /// The pool whose gradient `grad` is, if any.
         pool: Option<Pool2d>,
-        /// Also read `z`, `mean` and `inv_std` and write `Σdy·x̂`.
+        /// Also read `z`, `mean` and `inv_std`, write `Σdy·x̂` and no `output`.
         bn: bool,
     },
     /// The train-mode BatchNorm input gradient as a per-channel affine map of `dy` and `z`:
     /// `dz = A·dy + B·(z - mean) + C` with `coef = [A; C], [B; C], [C; C], [mean; C]` (the
-    /// runtime folds `γ`, `1/σ`, the batch size and the merged sums into them). `output`
-    /// may be `grad` itself.
+    /// runtime folds `γ`, `1/σ`, the batch size and the merged sums into them). Without
+    /// `back`, `dy` is the buffer `grad` and `output` may be `grad` itself. With `back`
+    /// (the activation and pool of `PoolActBack`), `grad` is the layer's output gradient and
+    /// `dy = unpool(grad) · act'(saved)` is recomputed, so nothing between the two passes
+    /// stores `dy`.
     BnBackDx {
         /// Channels.
         c: usize,
@@ -289,6 +294,8 @@ pub enum KernelSpec {
         h: usize,
         /// Width.
         w: usize,
+        /// The activation and pool whose backward gives `dy`, if it is recomputed.
+        back: Option<(Activation, Option<Pool2d>)>,
     },
     /// Weight gradient of a dense layer over the call's images, in PyTorch layout:
     /// `dw[o, i] = Σ_n dy[n, o] · x[n, i]`.

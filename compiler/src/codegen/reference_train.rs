@@ -3,7 +3,7 @@
 //! the batch: direct loops in `f64`.
 
 use super::reference::{act, pool, reference};
-use super::{Activation, Epilogue, KernelSpec, train_stats, window_out};
+use super::{Activation, Epilogue, KernelSpec, Pool2d, train_stats, window_out};
 
 /// Computes a training `spec` for images `0..n`. `inputs` are the buffers before the first
 /// output in calling order, with weights in PyTorch layout; returns every written buffer in
@@ -118,63 +118,89 @@ pub fn reference_train(spec: &KernelSpec, inputs: &[&[f32]], n: usize) -> Vec<Ve
             c,
             h,
             w,
-            act: a,
-            pool: p,
+            act,
+            pool,
             bn,
         } => {
             let hw = h * w;
-            let (grad, saved) = (inputs[0], inputs[1]);
+            let dy = pool_act_back(inputs[0], inputs[1], [c, h, w], act, pool, n);
             let nsums = super::pool_act_back_sums(c, bn);
-            let mut out = vec![0.0f64; n * c * hw];
             let mut sums = vec![0.0f64; n * nsums];
-            for img in 0..n {
-                for ch in 0..c {
-                    let plane = img * c + ch;
-                    for y in 0..h {
-                        for x in 0..w {
-                            let g = match p {
-                                None => f64::from(grad[plane * hw + y * w + x]),
-                                Some(p) => {
-                                    let (oh, ow) = p.out_hw(h, w);
-                                    let [kh, kw] = p.kernel;
-                                    if y < kh * oh && x < kw * ow {
-                                        let at = (plane * oh + y / kh) * ow + x / kw;
-                                        f64::from(grad[at]) / (kh * kw) as f64
-                                    } else {
-                                        0.0
-                                    }
-                                }
-                            };
-                            let at = plane * hw + y * w + x;
-                            let dy = g * act_grad(f64::from(saved[at]), a);
-                            out[at] = dy;
-                            sums[img * nsums + ch] += dy;
-                            if bn {
-                                let (z, mean, inv) = (inputs[2], inputs[3], inputs[4]);
-                                let xhat =
-                                    (f64::from(z[at]) - f64::from(mean[ch])) * f64::from(inv[ch]);
-                                sums[img * nsums + c + ch] += dy * xhat;
-                            }
-                        }
-                    }
+            for (at, &d) in dy.iter().enumerate() {
+                let (img, ch) = (at / (c * hw), (at / hw) % c);
+                sums[img * nsums + ch] += d;
+                if bn {
+                    let (z, mean, inv) = (inputs[2], inputs[3], inputs[4]);
+                    let xhat = (f64::from(z[at]) - f64::from(mean[ch])) * f64::from(inv[ch]);
+                    sums[img * nsums + c + ch] += d * xhat;
                 }
             }
-            vec![f32s(&out), f32s(&sums)]
+            if bn {
+                vec![f32s(&sums)]
+            } else {
+                vec![f32s(&dy), f32s(&sums)]
+            }
         }
-        KernelSpec::BnBackDx { c, h, w } => {
+        KernelSpec::BnBackDx { c, h, w, back } => {
             let hw = h * w;
-            let (z, dy, coef) = (inputs[0], inputs[1], inputs[2]);
+            let (dy, rest) = match back {
+                Some((act, pool)) => (
+                    pool_act_back(inputs[0], inputs[1], [c, h, w], act, pool, n),
+                    &inputs[2..],
+                ),
+                None => (
+                    inputs[0].iter().map(|&x| f64::from(x)).collect(),
+                    &inputs[1..],
+                ),
+            };
+            let (z, coef) = (rest[0], rest[1]);
             let dz: Vec<f64> = (0..n * c * hw)
                 .map(|i| {
                     let ch = (i / hw) % c;
                     let k = |j: usize| f64::from(coef[j * c + ch]);
-                    k(0) * f64::from(dy[i]) + k(1) * (f64::from(z[i]) - k(3)) + k(2)
+                    k(0) * dy[i] + k(1) * (f64::from(z[i]) - k(3)) + k(2)
                 })
                 .collect();
             vec![f32s(&dz)]
         }
         _ => panic!("reference_train covers only the training specs"),
     }
+}
+
+/// `dy = unpool(grad) · act'(saved)` for `n` images of `[c, h, w]`: the gradient of a
+/// disjoint average pool's window spread over it, zero outside every window.
+fn pool_act_back(
+    grad: &[f32],
+    saved: &[f32],
+    [c, h, w]: [usize; 3],
+    act: Activation,
+    pool: Option<Pool2d>,
+    n: usize,
+) -> Vec<f64> {
+    let hw = h * w;
+    let mut dy = vec![0.0f64; n * c * hw];
+    for plane in 0..n * c {
+        for y in 0..h {
+            for x in 0..w {
+                let g = match pool {
+                    None => f64::from(grad[plane * hw + y * w + x]),
+                    Some(p) => {
+                        let (oh, ow) = p.out_hw(h, w);
+                        let [kh, kw] = p.kernel;
+                        if y < kh * oh && x < kw * ow {
+                            let at = (plane * oh + y / kh) * ow + x / kw;
+                            f64::from(grad[at]) / (kh * kw) as f64
+                        } else {
+                            0.0
+                        }
+                    }
+                };
+                let at = plane * hw + y * w + x;
+                dy[at] = g * act_grad(f64::from(saved[at]), act);
+            }
+        }
+    }
+    dy
 }
 
 fn f32s(v: &[f64]) -> Vec<f32> {

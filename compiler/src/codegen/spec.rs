@@ -80,11 +80,19 @@ impl KernelSpec {
             KernelSpec::PoolActBack { bn, .. } => {
                 v.extend(["grad", "activation"]);
                 if bn {
-                    v.extend(["z", "mean", "inv_std"]);
+                    v.extend(["z", "mean", "inv_std", "sums"]);
+                } else {
+                    v.extend(["output", "sums"]);
                 }
-                return [v, vec!["output", "sums"]].concat();
+                return v;
             }
-            KernelSpec::BnBackDx { .. } => v.extend(["z", "grad", "coef"]),
+            KernelSpec::BnBackDx { back, .. } => {
+                v.push("grad");
+                if back.is_some() {
+                    v.push("activation");
+                }
+                v.extend(["z", "coef"]);
+            }
         }
         v.push("output");
         v
@@ -101,8 +109,20 @@ impl KernelSpec {
             KernelSpec::TrainConv2d { c_in, h, w, .. }
             | KernelSpec::ConvGradW { c_in, h, w, .. } => c_in * h * w,
             KernelSpec::TrainDense { in_f, .. } | KernelSpec::DenseGradW { in_f, .. } => in_f,
-            KernelSpec::BnActPool { c, h, w, .. } | KernelSpec::BnBackDx { c, h, w } => c * h * w,
-            KernelSpec::PoolActBack { c, h, w, pool, .. } => match pool {
+            KernelSpec::BnActPool { c, h, w, .. }
+            | KernelSpec::BnBackDx {
+                c,
+                h,
+                w,
+                back: None,
+            } => c * h * w,
+            KernelSpec::PoolActBack { c, h, w, pool, .. }
+            | KernelSpec::BnBackDx {
+                c,
+                h,
+                w,
+                back: Some((_, pool)),
+            } => match pool {
                 Some(p) => {
                     let (oh, ow) = p.out_hw(h, w);
                     c * oh * ow
@@ -164,7 +184,9 @@ impl KernelSpec {
                 ..
             } => [c_out * c_in * kernel[0] * kernel[1], 1, 1],
             KernelSpec::DenseGradW { in_f, out_f } => [out_f * in_f, 1, 1],
-            KernelSpec::PoolActBack { c, h, w, .. } | KernelSpec::BnBackDx { c, h, w } => [c, h, w],
+            KernelSpec::PoolActBack { c, h, w, .. } | KernelSpec::BnBackDx { c, h, w, .. } => {
+                [c, h, w]
+            }
         }
     }
 
@@ -242,11 +264,21 @@ impl KernelSpec {
                 v.push(plane);
                 if bn {
                     v.extend([plane, c, c]);
+                } else {
+                    v.push(plane);
                 }
-                v.extend([plane, n * pool_act_back_sums(c, bn)]);
+                v.push(n * pool_act_back_sums(c, bn));
                 return v;
             }
-            KernelSpec::BnBackDx { c, h, w } => v.extend([n * c * h * w, 4 * c]),
+            KernelSpec::BnBackDx { c, h, w, back } => {
+                let plane = n * c * h * w;
+                if back.is_some() {
+                    v.extend([plane, plane]);
+                } else {
+                    v.push(plane);
+                }
+                v.push(4 * c);
+            }
         }
         v.push(n * self.out_len());
         v
@@ -373,7 +405,9 @@ pub fn flops(spec: &KernelSpec) -> u64 {
         KernelSpec::PoolActBack {
             c, h, w, act, bn, ..
         } => (c * h * w) as u64 * (3 + act_cost(act) + 4 * u64::from(bn)),
-        KernelSpec::BnBackDx { c, h, w } => 4 * (c * h * w) as u64,
+        KernelSpec::BnBackDx { c, h, w, back } => {
+            (c * h * w) as u64 * (4 + back.map_or(0, |(act, _)| 1 + act_cost(act)))
+        }
     }
 }
 
@@ -531,9 +565,15 @@ pub(crate) fn validate(index: usize, spec: &KernelSpec) -> Result<(), CodegenErr
                 }
             }
         }
-        KernelSpec::BnBackDx { c, h, w } => {
+        KernelSpec::BnBackDx { c, h, w, back } => {
             for (what, x) in [("c", c), ("h", h), ("w", w)] {
                 pos(what, *x)?;
+            }
+            if let Some((_, Some(p))) = back {
+                pool_ok(p, *h, *w)?;
+                if !pool_backward_supported(p) {
+                    return Err(CodegenError::PoolBackward { index });
+                }
             }
         }
         KernelSpec::ConvGradW {

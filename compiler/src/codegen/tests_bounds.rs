@@ -11,7 +11,7 @@ use super::*;
 
 /// Disjoint average windows, the pools `PoolActBack` differentiates.
 fn back_pool() -> impl Strategy<Value = Pool2d> {
-    (1usize..4, 1usize..4).prop_map(|(kh, kw)| Pool2d {
+    (1usize..5, 1usize..5).prop_map(|(kh, kw)| Pool2d {
         kind: PoolKind::Avg,
         kernel: [kh, kw],
         stride: [kh, kw],
@@ -153,9 +153,20 @@ fn any_spec() -> impl Strategy<Value = KernelSpec> {
                 pool,
                 bn
             }),
-        (1usize..40, any::<bool>(), act(), any::<bool>()).prop_map(|(c, bn, act, dx)| {
-            if dx {
-                KernelSpec::BnBackDx { c, h: 1, w: 1 }
+        (
+            1usize..40,
+            any::<bool>(),
+            act(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(c, bn, act, dx, back)| if dx {
+                KernelSpec::BnBackDx {
+                    c,
+                    h: 1,
+                    w: 1,
+                    back: back.then_some((act, None)),
+                }
             } else {
                 KernelSpec::PoolActBack {
                     c,
@@ -165,9 +176,13 @@ fn any_spec() -> impl Strategy<Value = KernelSpec> {
                     pool: None,
                     bn,
                 }
-            }
-        }),
-        (1usize..4, hw).prop_map(|(c, (h, w))| KernelSpec::BnBackDx { c, h, w }),
+            }),
+        (
+            1usize..4,
+            hw,
+            prop::option::of((act(), prop::option::of(back_pool())))
+        )
+            .prop_map(|(c, (h, w), back)| KernelSpec::BnBackDx { c, h, w, back }),
     ]
 }
 

@@ -15,7 +15,7 @@ fn train_error(spec: KernelSpec, n: usize, seed: u64) -> f32 {
     let lens = spec.buffer_lens(n);
     let first_out = names
         .iter()
-        .position(|&b| matches!(b, "output" | "saved"))
+        .position(|&b| matches!(b, "output" | "saved" | "sums"))
         .expect("an output");
     let inputs = random_inputs(&spec, n, first_out, &mut rng);
     let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
@@ -75,7 +75,7 @@ proptest! {
     /// Pool and activation backward with the BatchNorm sums, for planes with column tails,
     /// rows and columns outside every window, and one value per channel.
     #[test]
-    fn pool_act_back_matches_reference(c in 1usize..4, h in 1usize..12, w in 1usize..13, act in act(), k in (1usize..4, 1usize..4), pooled in any::<bool>(), bn in any::<bool>(), n in 1usize..5, seed in any::<u64>()) {
+    fn pool_act_back_matches_reference(c in 1usize..4, h in 1usize..12, w in 1usize..13, act in act(), k in (1usize..5, 1usize..5), pooled in any::<bool>(), bn in any::<bool>(), n in 1usize..5, seed in any::<u64>()) {
         let pool = (pooled && k.0 <= h && k.1 <= w).then_some(Pool2d {
             kind: PoolKind::Avg,
             kernel: [k.0, k.1],
@@ -87,10 +87,27 @@ proptest! {
         prop_assert!(train_error(spec, n, seed) < TOL, "{:?}", spec);
     }
 
-    /// The BatchNorm input gradient, per plane and with channels on the lanes.
+    /// The BatchNorm input gradient from a `dy` buffer, per plane and with channels on the
+    /// lanes.
     #[test]
     fn bn_back_dx_matches_reference(c in 1usize..40, hw in prop::sample::select(vec![(1, 1), (3, 5), (8, 8)]), n in 1usize..5, seed in any::<u64>()) {
-        let spec = KernelSpec::BnBackDx { c, h: hw.0, w: hw.1 };
+        let spec = KernelSpec::BnBackDx { c, h: hw.0, w: hw.1, back: None };
+        prop_assert!(train_error(spec, n, seed) < TOL, "{:?}", spec);
+    }
+
+    /// The BatchNorm input gradient recomputing `dy` through the pool and activation, for
+    /// planes with column tails, rows and columns outside every window (where `dy` is zero
+    /// but `dz` is not), and one value per channel.
+    #[test]
+    fn bn_back_dx_through_pool_and_activation_matches_reference(c in 1usize..6, h in 1usize..12, w in 1usize..13, act in act(), k in (1usize..5, 1usize..5), pooled in any::<bool>(), n in 1usize..5, seed in any::<u64>()) {
+        let pool = (pooled && k.0 <= h && k.1 <= w).then_some(Pool2d {
+            kind: PoolKind::Avg,
+            kernel: [k.0, k.1],
+            stride: [k.0, k.1],
+            padding: [0, 0],
+            count_include_pad: true,
+        });
+        let spec = KernelSpec::BnBackDx { c, h, w, back: Some((act, pool)) };
         prop_assert!(train_error(spec, n, seed) < TOL, "{:?}", spec);
     }
 
@@ -205,7 +222,27 @@ fn batch_stats_survive_a_large_mean() {
 #[test]
 fn channel_coefficients_are_loaded_once_per_plane() {
     for spec in [
-        KernelSpec::BnBackDx { c: 3, h: 6, w: 8 },
+        KernelSpec::BnBackDx {
+            c: 3,
+            h: 6,
+            w: 8,
+            back: None,
+        },
+        KernelSpec::BnBackDx {
+            c: 3,
+            h: 6,
+            w: 8,
+            back: Some((
+                Activation::Sigmoid,
+                Some(Pool2d {
+                    kind: PoolKind::Avg,
+                    kernel: [2, 2],
+                    stride: [2, 2],
+                    padding: [0, 0],
+                    count_include_pad: true,
+                }),
+            )),
+        },
         KernelSpec::BnActPool {
             c: 3,
             h: 6,

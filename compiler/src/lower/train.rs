@@ -13,14 +13,14 @@
 //! what the kernels below compute. An unfused `batch_norm_train` is refused. A conv2d or
 //! dense before a BatchNorm has no bias here when `redundant-bias` removed it.
 //!
-//! and runs as follows (per thread, on its contiguous range of the batch):
+//! and runs as follows (on each unit, a contiguous range of images, of the batch):
 //!
 //! | step | with BatchNorm | without |
 //! |---|---|---|
-//! | forward | `TrainConv2d`/`TrainDense` writes `z` and the per-channel statistics in its epilogue; the runtime merges them across threads (Chan, `f64`) and updates the running statistics | `Conv2d`/`Dense` with bias and activation writes `a` |
+//! | forward | `TrainConv2d`/`TrainDense` writes `z` and the per-channel statistics in its epilogue; the runtime merges them across units (Chan, `f64`) and updates the running statistics | `Conv2d`/`Dense` with bias and activation writes `a` |
 //! | apply | `BnActPool` (normalize, scale, shift, activation, pool; saves `a`) or `ScaleShift` (no pool) | `Pool` if pooled |
-//! | backward | `PoolActBack`: one pass for the pool and activation backward that also reduces `Σdy` and `Σdy·x̂` per image; the runtime merges them across threads, then `BnBackDx` writes `dz` in one elementwise pass | `PoolActBack` gives `dz` and `Σdz`, the bias gradient |
-//! | weights | `ConvGradW`/`DenseGradW` per thread, merged in thread order | same |
+//! | backward | `PoolActBack`: one pass through the pool and activation backward that only reduces `Σdy` and `Σdy·x̂` per image; the runtime merges them across units, then `BnBackDx` runs the pool and activation backward again and writes `dz` in the same elementwise pass | `PoolActBack` gives `dz` and `Σdz`, the bias gradient |
+//! | weights | `ConvGradW`/`DenseGradW` per unit, merged in unit order | same |
 //! | input | `Conv2d` with flipped weights or `Dense` with the stored weight, except for the first layer | same |
 //!
 //! Saved for the backward pass: the layer input, `z` (BatchNorm only), `a` and the batch
@@ -135,7 +135,9 @@ pub struct TrainLayer {
     /// for a pool it does not differentiate (max or overlapping windows), which the runtime
     /// then runs in plain Rust.
     pub back: Option<KernelSpec>,
-    /// The BatchNorm input gradient (`BnBackDx`), with BatchNorm only.
+    /// The BatchNorm input gradient (`BnBackDx`), with BatchNorm only: with `back`, it
+    /// recomputes `dy` from the layer's output gradient and `a`; without (no `PoolActBack`),
+    /// it reads the `dz` buffer the runtime's backward wrote, and overwrites it.
     pub bn_dx: Option<KernelSpec>,
     /// The weight gradient kernel.
     pub grad_w: KernelSpec,
@@ -539,7 +541,16 @@ fn layer(
                     bn: stats,
                 },
             ),
-            bn_dx: stats.then_some(KernelSpec::BnBackDx { c: channels, h, w }),
+            // With a `PoolActBack`, the dx pass recomputes `dy` as it does; without (a pool
+            // it does not differentiate), it reads the `dy` the runtime wrote.
+            bn_dx: stats.then_some(KernelSpec::BnBackDx {
+                c: channels,
+                h,
+                w,
+                back: pool
+                    .is_none_or(|p| pool_backward_supported(&p))
+                    .then_some((act, pool)),
+            }),
             grad_w,
             grad_x: (!is_first).then_some(grad_x),
             nodes,

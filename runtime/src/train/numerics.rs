@@ -141,7 +141,9 @@ impl Trainer {
     /// Checks every buffer the last [`Trainer::step`] wrote, and the parameters and running
     /// statistics it updated, for NaN and infinity; the error names the first value in the
     /// order the step computed them and the IR node that produced it. Costs a pass over the
-    /// step's memory, which is small next to the step's arithmetic.
+    /// step's memory, which is small next to the step's arithmetic. A BatchNorm layer's `z`
+    /// is checked only if the step kept it ([`Trainer::keep_z`]); otherwise a non-finite `z`
+    /// is found in the activation it feeds.
     pub fn check_numerics(&self) -> Result<(), NonFinite> {
         let layers = &self.plan.layers;
         // Per-image buffers of every thread, in production order.
@@ -171,9 +173,12 @@ impl Trainer {
                 image,
             }
         };
+        // Layers whose `dz` the step wrote over `z` (see `Trainer::keep_z`): their `z` is
+        // gone, and the buffer is checked as the gradient it now holds.
+        let dz_in_z = |l: &TrainLayer| self.z_overwritten && super::dz_in_z(l, false);
         for (i, l) in layers.iter().enumerate() {
             let n = &l.nodes;
-            if l.bn.is_some() {
+            if l.bn.is_some() && !dz_in_z(l) {
                 per_image(i, |b| &b.z, l.z_len, &output(&n.linear, Vec::new()))?;
             }
             let (a, with) = a_node(n);
@@ -199,7 +204,7 @@ impl Trainer {
             per_image(i, |b| &b.d_out, l.out_len, &gradient(last_node(n), by))?;
             per_image(
                 i,
-                |b| &b.d_z,
+                if dz_in_z(l) { |b| &b.z } else { |b| &b.d_z },
                 l.z_len,
                 &gradient(&n.linear, after_linear(n).clone()),
             )?;

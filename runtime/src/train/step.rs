@@ -188,6 +188,8 @@ pub(super) struct StepCtx<'a> {
     /// Per segment and unit, whether a thread has claimed it.
     pub(super) claimed: Vec<Vec<AtomicBool>>,
     pub(super) ex: Exchange,
+    /// Whether BatchNorm layers keep `z` ([`super::Trainer::keep_z`]).
+    pub(super) keep_z: bool,
     /// Nanoseconds the threads spent running work (summed over threads).
     pub(super) busy_ns: AtomicU64,
     /// Where phase times go when profiling (one thread).
@@ -318,6 +320,16 @@ impl<'a> StepCtx<'a> {
         m.sums[i] = Some(sums);
     }
 
+    /// Layer `i`'s `dz`: over `z` where the BatchNorm dx pass may write it there, else its
+    /// own buffer.
+    fn d_z(&self, i: usize, lb: &mut LayerBufs) -> *mut f32 {
+        if super::dz_in_z(&self.plan.layers[i], self.keep_z) {
+            lb.z.as_mut_ptr()
+        } else {
+            lb.d_z.as_mut_ptr()
+        }
+    }
+
     /// The input of layer `i` for `unit`: its images, or the previous layer's output.
     fn input(&self, i: usize, unit: &mut Unit) -> *mut f32 {
         if i == 0 {
@@ -393,8 +405,21 @@ impl<'a> StepCtx<'a> {
                 let (l, lk) = (&self.plan.layers[i], &self.kernels[i]);
                 let lb = &mut unit.layers[i];
                 let kernel = lk.bn_dx.expect("a BatchNorm layer has a dx kernel");
-                let d_z = lb.d_z.as_mut_ptr();
-                let args = [lb.z.as_mut_ptr(), d_z, m.coef[i].as_ptr().cast_mut(), d_z];
+                let d_z = self.d_z(i, lb);
+                let coef = m.coef[i].as_ptr().cast_mut();
+                // With a `PoolActBack` the kernel recomputes `dy` from `d_out` and `a`;
+                // without, it reads the `dy` that `backward_elementwise` left in `d_z`.
+                let args = if lk.back.is_some() {
+                    vec![
+                        lb.d_out.as_mut_ptr(),
+                        lb.a.as_mut_ptr(),
+                        lb.z.as_mut_ptr(),
+                        coef,
+                        d_z,
+                    ]
+                } else {
+                    vec![d_z, lb.z.as_mut_ptr(), coef, d_z]
+                };
                 self.timed(
                     || format!("bwd {}: bn dx", l.name),
                     || call(self.fns[kernel], &args, n),
@@ -404,7 +429,7 @@ impl<'a> StepCtx<'a> {
                 let (l, lk) = (&self.plan.layers[i], &self.kernels[i]);
                 let x = self.input(i, unit);
                 let lb = &mut unit.layers[i];
-                let args = [x, lb.d_z.as_mut_ptr(), lb.gw.as_mut_ptr()];
+                let args = [x, self.d_z(i, lb), lb.gw.as_mut_ptr()];
                 self.timed(
                     || format!("bwd {}: weight gradient", l.name),
                     || call(self.fns[lk.grad_w], &args, n),
@@ -417,7 +442,7 @@ impl<'a> StepCtx<'a> {
                 };
                 let (before, rest) = unit.layers.split_at_mut(i);
                 let args = [
-                    rest[0].d_z.as_mut_ptr(),
+                    self.d_z(i, &mut rest[0]),
                     lp.w_bwd.as_ptr().cast_mut(),
                     before[i - 1].d_out.as_mut_ptr(),
                 ];
@@ -457,8 +482,9 @@ impl<'a> StepCtx<'a> {
         unit.correct = correct;
     }
 
-    /// Layer `i`'s pool and activation backward on `unit` into `d_z`. With BatchNorm it
-    /// publishes the unit's `Σdy` and `Σdy·x̂`; without, `Σdy` is the unit's bias gradient.
+    /// Layer `i`'s pool and activation backward on `unit`. With BatchNorm it publishes the
+    /// unit's `Σdy` and `Σdy·x̂` (and leaves `d_z` to the dx pass, except in the plain-Rust
+    /// backward); without, it writes `d_z`, and `Σdy` is the unit's bias gradient.
     fn back(&self, i: usize, k: usize, u: usize, unit: &mut Unit, m: &Merged) {
         let n = unit.images();
         let (l, lk, lp) = (&self.plan.layers[i], &self.kernels[i], &self.layers[i]);
@@ -468,14 +494,17 @@ impl<'a> StepCtx<'a> {
             Some(kernel) => self.timed(elementwise, || {
                 let mut args = vec![lb.d_out.as_mut_ptr(), lb.a.as_mut_ptr()];
                 if l.bn.is_some() {
+                    // Only the sums: `BnBackDx` recomputes `dy` once they are merged.
                     let (mean, inv) = &m.mean_inv[i];
                     args.extend([
                         lb.z.as_mut_ptr(),
                         mean.as_ptr().cast_mut(),
                         inv.as_ptr().cast_mut(),
                     ]);
+                } else {
+                    args.push(lb.d_z.as_mut_ptr());
                 }
-                args.extend([lb.d_z.as_mut_ptr(), lb.sums.as_mut_ptr()]);
+                args.push(lb.sums.as_mut_ptr());
                 call(self.fns[kernel], &args, n);
                 BnSums::from_images(&lb.sums, l.channels, n, l.bn.is_some())
             }),

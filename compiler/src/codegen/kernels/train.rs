@@ -140,7 +140,7 @@ pub(super) fn lane_sums(j: IVar, r: [u32; 2], lanes: Buf, inner: Stmt) -> Vec<St
 
 /// A one-trip `Vector` loop over the lane variable `j` (`0..4`): inside, `j` is lane `k`'s
 /// own `k`, so serial loops that address `4 * i + j` keep one partial result per lane.
-fn on_lanes(j: IVar, body: Vec<Stmt>) -> Stmt {
+pub(super) fn on_lanes(j: IVar, body: Vec<Stmt>) -> Stmt {
     Stmt::Loop {
         var: j,
         lo: 0usize.into(),

@@ -1,14 +1,20 @@
 //! The elementwise backward kernels of a training layer: the pool and activation backward
-//! with the BatchNorm reductions in the same pass (`PoolActBack`), and the BatchNorm input
-//! gradient as one per-channel affine map of `dy` and `z` (`BnBackDx`).
+//! with its reductions (`PoolActBack`), and the BatchNorm input gradient as one per-channel
+//! affine map of `dy` and `z` (`BnBackDx`).
 //!
-//! A channel plane is walked once: four pixels on the lanes, the sums `Σdy` and `Σdy·x̂` in
-//! vector registers, added across lanes in a fixed order per image and channel, so results
-//! are deterministic. One value per channel (a dense layer) puts the channels on the lanes
-//! instead, and then each image's sums are its own values.
+//! Under BatchNorm the pool and activation backward runs twice: once for the sums `Σdy` and
+//! `Σdy·x̂`, writing nothing else, and again after the sums are merged over the batch, where
+//! `BnBackDx` recomputes `dy` from the layer's output gradient and saved activation (a
+//! multiply or two per element) instead of reading it back from a buffer the first pass would
+//! have had to write: one plane-sized write and read fewer per layer.
+//!
+//! A channel plane is walked once: four pixels on the lanes, the sums in vector registers,
+//! added across lanes in a fixed order per image and channel, so results are deterministic.
+//! One value per channel (a dense layer) puts the channels on the lanes instead, and then
+//! each image's sums are its own values.
 
 use super::simple::{map, per_image};
-use super::train::{get, lane_sums, set, store};
+use super::train::{get, lane_sums, on_lanes, set, store};
 use crate::codegen::loop_ir::{
     Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, split, v,
 };
@@ -25,7 +31,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
             pool,
             bn,
         } => pool_act_back(index, c, (h, w), act, pool, bn),
-        KernelSpec::BnBackDx { c, h, w } => bn_back_dx(index, c, h * w),
+        KernelSpec::BnBackDx { c, h, w, back } => bn_back_dx(index, c, (h, w), back),
         _ => unreachable!("not a backward spec"),
     }
 }
@@ -43,47 +49,194 @@ fn act_back(g: Val, a: Val, act: Activation) -> Val {
     }
 }
 
-/// The buffers of `PoolActBack` in calling order.
-struct Bufs {
+/// Where `dy = unpool(grad) · act'(saved)` comes from: the layer's output gradient, its
+/// saved activation, and the activation and pool to differentiate.
+#[derive(Clone, Copy)]
+struct Source {
     grad: Buf,
     saved: Buf,
-    /// `z`, `mean`, `inv_std` with BatchNorm.
-    bn: Option<(Buf, Buf, Buf)>,
-    out: Buf,
-    sums: Buf,
+    act: Activation,
+    pool: Option<Pool2d>,
 }
 
-impl Bufs {
-    fn new(bn: bool) -> (Bufs, u32) {
-        let mut next = 0;
-        let mut take = || {
-            next += 1;
-            Buf::Param(next - 1)
+/// One channel plane `ch` of image `n` of a `[n, c, h, w]` buffer.
+#[derive(Clone, Copy)]
+struct Plane {
+    n: IVar,
+    ch: IVar,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Plane {
+    /// The element index of pixel `(y, x)`.
+    fn at(&self, y: Idx, x: Idx) -> Idx {
+        (v(self.n) * self.c + v(self.ch)) * (self.h * self.w) + y * self.w + x
+    }
+
+    /// The rows and columns covered by the pool's windows (all of them without a pool).
+    fn covered(&self, pool: Option<Pool2d>) -> (usize, usize) {
+        match pool {
+            Some(p) => {
+                let (oh, ow) = p.out_hw(self.h, self.w);
+                (p.kernel[0] * oh, p.kernel[1] * ow)
+            }
+            None => (self.h, self.w),
+        }
+    }
+}
+
+impl Source {
+    /// The gradient reaching pixel `(y, x)` of the plane through the pool (inside a window).
+    fn grad_at(&self, p: &Plane, y: Idx, x: Idx) -> Val {
+        let Some(pool) = self.pool else {
+            return Val::load(self.grad, p.at(y, x));
         };
-        let (grad, saved) = (take(), take());
-        let bn = bn.then(|| (take(), take(), take()));
-        let (out, sums) = (take(), take());
-        (
-            Bufs {
-                grad,
-                saved,
-                bn,
-                out,
-                sums,
-            },
-            next,
-        )
+        let (oh, ow) = pool.out_hw(p.h, p.w);
+        let [kh, kw] = pool.kernel;
+        let idx =
+            ((v(p.n) * p.c + v(p.ch)) * oh + y.floor_div(kh as i64)) * ow + x.floor_div(kw as i64);
+        Val::load(self.grad, idx) * Val::Const(1.0 / (kh * kw) as f32)
     }
 
-    /// `dy · x̂` at element `at` of channel `ch`.
-    fn dy_xhat(&self, dy: Val, at: Idx, ch: Idx) -> Option<Val> {
-        self.bn.map(|(z, mean, inv)| {
-            let xhat = (Val::load(z, at) - Val::load(mean, ch.clone())) * Val::load(inv, ch);
-            dy * xhat
-        })
+    /// Every pixel of the plane: `inside(dy, at)` for the pixels in a pool window, with
+    /// `dy` in a register; `outside(at)` for the rest, whose `dy` is zero. The covered
+    /// columns run four pixels to the lanes (`wrap` gets the lane variable and that loop
+    /// nest and places it, to keep per-lane sums), then a scalar tail.
+    fn walk(
+        &self,
+        b: &mut KernelBuilder,
+        p: &Plane,
+        inside: impl Fn(Val, Idx) -> Vec<Stmt>,
+        outside: Option<&dyn Fn(Idx) -> Stmt>,
+        wrap: impl FnOnce(IVar, Stmt) -> Vec<Stmt>,
+    ) -> Vec<Stmt> {
+        let (rows, cols) = p.covered(self.pool);
+        let (dy, a, scale) = (b.reg(), b.reg(), b.reg());
+        let (y, x4, j, x) = (b.var(), b.var(), b.var(), b.var());
+        let pixel = |at: Idx, g: Val| -> Vec<Stmt> {
+            let mut s = vec![
+                set(a, Val::load(self.saved, at.clone())),
+                set(dy, act_back(g, get(a), self.act)),
+            ];
+            s.extend(inside(get(dy), at));
+            s
+        };
+        // The vector loop binds each row's first pixel and first pooled gradient once, so
+        // that the pixels' addresses are affine (the emitter folds them into the loads) and
+        // the window's `1/(kh·kw)` is broadcast once per row.
+        let (row, grad_row, lane_window) = (b.var(), b.var(), b.var());
+        let mut per_row = vec![Stmt::Let {
+            var: row,
+            idx: p.at(v(y), Idx::Const(0)),
+        }];
+        let grad = match self.pool {
+            None => Val::load(self.grad, v(row) + v(x4) * 4usize + v(j)),
+            Some(pool) => {
+                let (oh, ow) = pool.out_hw(p.h, p.w);
+                let [kh, kw] = pool.kernel;
+                per_row.extend([
+                    Stmt::Let {
+                        var: grad_row,
+                        idx: ((v(p.n) * p.c + v(p.ch)) * oh + v(y).floor_div(kh as i64)) * ow,
+                    },
+                    set(scale, Val::Const(1.0 / (kh * kw) as f32)),
+                ]);
+                // Lane `l` of column vector `x4` is in window `(4·x4 + l) / kw`.
+                let g = match kw {
+                    1 => Val::load(self.grad, v(grad_row) + v(x4) * 4usize + v(j)),
+                    2 => {
+                        // Lanes `[0, 0, 1, 1]` of the windows from `2·x4`; only lane 0's
+                        // index is used, so the lane-dependent `l / 2` may be a let.
+                        per_row.push(Stmt::Let {
+                            var: lane_window,
+                            idx: v(j).floor_div(2),
+                        });
+                        Val::PairDup {
+                            buf: self.grad,
+                            idx: v(grad_row) + v(x4) * 2usize + v(lane_window),
+                        }
+                    }
+                    // One window per column vector: the same gradient on every lane.
+                    4 => Val::load(self.grad, v(grad_row) + v(x4)),
+                    _ => Val::load(
+                        self.grad,
+                        v(grad_row) + (v(x4) * 4usize + v(j)).floor_div(kw as i64),
+                    ),
+                };
+                g * get(scale)
+            }
+        };
+        let full = cols / 4;
+        let unroll_cols = if full <= 8 {
+            LoopKind::Unroll
+        } else {
+            LoopKind::Serial
+        };
+        per_row.push(for_(
+            x4,
+            0usize,
+            full,
+            unroll_cols,
+            pixel(v(row) + v(x4) * 4usize + v(j), grad),
+        ));
+        let rows_cols = for_(y, 0usize, rows, LoopKind::Serial, per_row);
+        let mut body = wrap(j, rows_cols);
+        if full * 4 < cols {
+            body.push(for_(
+                y,
+                0usize,
+                rows,
+                LoopKind::Serial,
+                vec![for_(
+                    x,
+                    full * 4,
+                    cols,
+                    LoopKind::Serial,
+                    pixel(p.at(v(y), v(x)), self.grad_at(p, v(y), v(x))),
+                )],
+            ));
+        }
+        let Some(outside) = outside else {
+            return body;
+        };
+        if cols < p.w {
+            body.push(for_(
+                y,
+                0usize,
+                rows,
+                LoopKind::Serial,
+                vec![for_(
+                    x,
+                    cols,
+                    p.w,
+                    LoopKind::Serial,
+                    vec![outside(p.at(v(y), v(x)))],
+                )],
+            ));
+        }
+        if rows < p.h {
+            body.push(for_(
+                y,
+                rows,
+                p.h,
+                LoopKind::Serial,
+                vec![for_(
+                    x,
+                    0usize,
+                    p.w,
+                    LoopKind::Serial,
+                    vec![outside(p.at(v(y), v(x)))],
+                )],
+            ));
+        }
+        body
     }
 }
 
+/// `PoolActBack`: without BatchNorm, `dy` into `out` and `Σdy` per image and channel into
+/// `sums`; with BatchNorm only the sums `Σdy` and `Σdy·x̂`, `x̂ = (z - mean[c])·inv_std[c]`.
 fn pool_act_back(
     index: usize,
     c: usize,
@@ -92,188 +245,156 @@ fn pool_act_back(
     pool: Option<Pool2d>,
     bn: bool,
 ) -> Kernel {
-    let (bufs, params) = Bufs::new(bn);
+    let mut params = 0;
+    let mut take = || {
+        params += 1;
+        Buf::Param(params - 1)
+    };
+    let src = Source {
+        grad: take(),
+        saved: take(),
+        act,
+        pool,
+    };
+    let bn_bufs = bn.then(|| (take(), take(), take()));
+    let out = (!bn).then(&mut take);
+    let sums = take();
     let nsums = crate::codegen::pool_act_back_sums(c, bn);
     let mut b = KernelBuilder::new();
-    if let Some((_, mean, inv)) = bufs.bn {
+    if let Some((_, mean, inv)) = bn_bufs {
         b.read_only(&[mean, inv]);
     }
+    // `dy · x̂` at element `at` of channel `ch`.
+    let dy_xhat = |dy: Val, at: Idx, ch: Idx| {
+        bn_bufs.map(|(z, mean, inv)| {
+            dy * ((Val::load(z, at) - Val::load(mean, ch.clone())) * Val::load(inv, ch))
+        })
+    };
     let body = if h * w == 1 && pool.is_none() {
-        per_image(&mut b, |b, n| features(b, &bufs, n, c, act, nsums))
+        // One value per channel: channels on the lanes; each image's sums are its own `dy`
+        // and `dy·x̂`.
+        per_image(&mut b, |b, n| {
+            split(b, 0usize.into(), c.into(), &[4, 1], true, |b, ch, _| {
+                let (dy, a) = (b.reg(), b.reg());
+                let at = v(n) * c + v(ch);
+                let mut s = vec![
+                    set(a, Val::load(src.saved, at.clone())),
+                    set(dy, act_back(Val::load(src.grad, at.clone()), get(a), act)),
+                    store(sums, v(n) * nsums + v(ch), get(dy)),
+                ];
+                if let Some(out) = out {
+                    s.push(store(out, at.clone(), get(dy)));
+                }
+                if let Some(p) = dy_xhat(get(dy), at, v(ch)) {
+                    s.push(store(sums, v(n) * nsums + v(ch) + c, p));
+                }
+                s
+            })
+        })
     } else {
         per_image(&mut b, |b, n| {
             let ch = b.var();
-            let inner = plane(b, &bufs, n, ch, c, (h, w), act, pool, nsums);
+            let p = Plane { n, ch, c, h, w };
+            let (s1, s2) = (b.reg(), b.reg());
+            let lanes = b.local(8);
+            let inside = |dy: Val, at: Idx| {
+                let mut s = Vec::new();
+                if let Some(out) = out {
+                    s.push(store(out, at.clone(), dy.clone()));
+                }
+                s.push(set(s1, get(s1) + dy.clone()));
+                if let Some(prod) = dy_xhat(dy, at, v(ch)) {
+                    s.push(set(s2, prod + get(s2)));
+                }
+                s
+            };
+            // Pixels outside every window get no gradient.
+            let zero = |at: Idx| store(out.expect("checked"), at, Val::Const(0.0));
+            let outside: Option<&dyn Fn(Idx) -> Stmt> = out.map(|_| &zero as _);
+            let mut inner = src.walk(b, &p, inside, outside, |j, rows_cols| {
+                lane_sums(j, [s1, s2], lanes, rows_cols)
+            });
+            let at = v(n) * nsums + v(ch);
+            inner.push(store(sums, at.clone(), get(s1)));
+            if bn {
+                inner.push(store(sums, at + c, get(s2)));
+            }
             vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
         })
     };
     b.finish(format!("k{index}_pool_act_back"), params, body)
 }
 
-/// One value per channel: channels on the lanes; each image's sums are its own `dy` and
-/// `dy·x̂`.
-fn features(
-    b: &mut KernelBuilder,
-    bufs: &Bufs,
-    n: IVar,
-    c: usize,
-    act: Activation,
-    nsums: usize,
-) -> Vec<Stmt> {
-    split(b, 0usize.into(), c.into(), &[4, 1], true, |b, ch, _| {
-        let (dy, a) = (b.reg(), b.reg());
-        let at = v(n) * c + v(ch);
-        let mut s = vec![
-            set(a, Val::load(bufs.saved, at.clone())),
-            set(dy, act_back(Val::load(bufs.grad, at.clone()), get(a), act)),
-            store(bufs.out, at.clone(), get(dy)),
-            store(bufs.sums, v(n) * nsums + v(ch), get(dy)),
-        ];
-        if let Some(p) = bufs.dy_xhat(get(dy), at, v(ch)) {
-            s.push(store(bufs.sums, v(n) * nsums + v(ch) + c, p));
-        }
-        s
-    })
-}
-
-/// One channel plane of image `n`: `dy` for every pixel and the plane's sums. With a pool,
-/// the pixels past the last whole window get `dy = 0`.
-#[allow(clippy::too_many_arguments)]
-fn plane(
-    b: &mut KernelBuilder,
-    bufs: &Bufs,
-    n: IVar,
-    ch: IVar,
+/// `dz = A[c]·dy + B[c]·(z - mean[c]) + C[c]`, channel planes of `h x w` values (or channels
+/// on the lanes when a plane is one value). Without `back`, `dy` is read from `grad` and the
+/// output may be `grad` itself (each element is read before it is written); with `back`,
+/// `dy = unpool(grad) · act'(saved)` is recomputed as `PoolActBack` computes it.
+fn bn_back_dx(
+    index: usize,
     c: usize,
     (h, w): (usize, usize),
-    act: Activation,
-    pool: Option<Pool2d>,
-    nsums: usize,
-) -> Vec<Stmt> {
-    let base = (v(n) * c + v(ch)) * (h * w);
-    // Rows and columns covered by windows, and the gradient reaching pixel (y, x).
-    let (rows, cols) = match pool {
-        Some(p) => {
-            let (oh, ow) = p.out_hw(h, w);
-            (p.kernel[0] * oh, p.kernel[1] * ow)
-        }
-        None => (h, w),
+    back: Option<(Activation, Option<Pool2d>)>,
+) -> Kernel {
+    let mut params = 0;
+    let mut take = || {
+        params += 1;
+        Buf::Param(params - 1)
     };
-    let grad_at = |y: Idx, x: Idx| -> Val {
-        let Some(p) = pool else {
-            return Val::load(bufs.grad, base.clone() + y * w + x);
-        };
-        let (oh, ow) = p.out_hw(h, w);
-        let [kh, kw] = p.kernel;
-        let idx = ((v(n) * c + v(ch)) * oh + y.floor_div(kh as i64)) * ow + x.floor_div(kw as i64);
-        let g = if kw == 2 {
-            Val::PairDup {
-                buf: bufs.grad,
-                idx,
-            }
-        } else {
-            Val::load(bufs.grad, idx)
-        };
-        g * Val::Const(1.0 / (kh * kw) as f32)
-    };
-    let (s1, s2, dy, a) = (b.reg(), b.reg(), b.reg(), b.reg());
-    let lanes = b.local(8);
-    let (y, x4, j, x) = (b.var(), b.var(), b.var(), b.var());
-    // The pixel body: dy, its store, and the sums.
-    let pixel = |y: Idx, x: Idx| -> Vec<Stmt> {
-        let at = base.clone() + y.clone() * w + x.clone();
-        let mut s = vec![
-            set(a, Val::load(bufs.saved, at.clone())),
-            set(dy, act_back(grad_at(y, x), get(a), act)),
-            store(bufs.out, at.clone(), get(dy)),
-            set(s1, get(s1) + get(dy)),
-        ];
-        if let Some(p) = bufs.dy_xhat(get(dy), at, v(ch)) {
-            s.push(set(s2, p + get(s2)));
-        }
-        s
-    };
-    let full = cols / 4;
-    let unroll_cols = if full <= 8 {
-        LoopKind::Unroll
-    } else {
-        LoopKind::Serial
-    };
-    let rows_cols = for_(
-        y,
-        0usize,
-        rows,
-        LoopKind::Serial,
-        vec![for_(
-            x4,
-            0usize,
-            full,
-            unroll_cols,
-            pixel(v(y), v(x4) * 4usize + v(j)),
-        )],
-    );
-    let mut body = lane_sums(j, [s1, s2], lanes, rows_cols);
-    if full * 4 < cols {
-        body.push(for_(
-            y,
-            0usize,
-            rows,
-            LoopKind::Serial,
-            vec![for_(x, full * 4, cols, LoopKind::Serial, pixel(v(y), v(x)))],
-        ));
-    }
-    // Pixels outside every window get no gradient.
-    let zero = |y: Idx, x: Idx| store(bufs.out, base.clone() + y * w + x, Val::Const(0.0));
-    if cols < w {
-        body.push(for_(
-            y,
-            0usize,
-            rows,
-            LoopKind::Serial,
-            vec![for_(x, cols, w, LoopKind::Serial, vec![zero(v(y), v(x))])],
-        ));
-    }
-    if rows < h {
-        body.push(for_(
-            y,
-            rows,
-            h,
-            LoopKind::Serial,
-            vec![for_(x, 0usize, w, LoopKind::Serial, vec![zero(v(y), v(x))])],
-        ));
-    }
-    let at = v(n) * nsums + v(ch);
-    body.push(store(bufs.sums, at.clone(), get(s1)));
-    if bufs.bn.is_some() {
-        body.push(store(bufs.sums, at + c, get(s2)));
-    }
-    body
-}
-
-/// `dz = A[c]·dy + B[c]·(z - mean[c]) + C[c]`, channel planes of `hw` values (or channels on the lanes
-/// when `hw` is 1). The output may be the `grad` buffer itself: each element is read before
-/// it is written.
-fn bn_back_dx(index: usize, c: usize, hw: usize) -> Kernel {
-    let (z, dy, coef, out) = (Buf::Param(0), Buf::Param(1), Buf::Param(2), Buf::Param(3));
+    let grad = take();
+    let saved = back.map(|_| take());
+    let (z, coef, out) = (take(), take(), take());
     let mut b = KernelBuilder::new();
     b.read_only(&[coef]);
-    let f = |at: Idx, ch: Idx| {
-        let centered = Val::load(z, at.clone()) - Val::load(coef, ch.clone() + 3 * c);
+    let dz = |dy: Val, at: Idx, ch: Idx| {
+        let centered = Val::load(z, at) - Val::load(coef, ch.clone() + 3 * c);
         let bz = Val::fma(
             Val::load(coef, ch.clone() + c),
             centered,
             Val::load(coef, ch.clone() + 2 * c),
         );
-        Val::fma(Val::load(coef, ch), Val::load(dy, at), bz)
+        Val::fma(Val::load(coef, ch), dy, bz)
     };
-    let body = per_image(&mut b, |b, n| {
-        if hw == 1 {
-            return map(b, c, out, v(n) * c, |ch| f(v(n) * c + ch.clone(), ch));
+    let hw = h * w;
+    let body = match (back, saved) {
+        (Some((act, pool)), Some(saved)) if hw > 1 || pool.is_some() => {
+            let src = Source {
+                grad,
+                saved,
+                act,
+                pool,
+            };
+            per_image(&mut b, |b, n| {
+                let ch = b.var();
+                let p = Plane { n, ch, c, h, w };
+                let inside = |dy: Val, at: Idx| vec![store(out, at.clone(), dz(dy, at, v(ch)))];
+                let outside = |at: Idx| store(out, at.clone(), dz(Val::Const(0.0), at, v(ch)));
+                let inner = src.walk(b, &p, inside, Some(&outside), |j, rows_cols| {
+                    vec![on_lanes(j, vec![rows_cols])]
+                });
+                vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
+            })
         }
-        let ch = b.var();
-        let base = (v(n) * c + v(ch)) * hw;
-        let inner = map(b, hw, out, base.clone(), |at| f(base.clone() + at, v(ch)));
-        vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
-    });
-    b.finish(format!("k{index}_bn_back_dx"), 4, body)
+        _ => per_image(&mut b, |b, n| {
+            let dy = |at: Idx| match (back, saved) {
+                (Some((act, _)), Some(saved)) => {
+                    act_back(Val::load(grad, at.clone()), Val::load(saved, at), act)
+                }
+                _ => Val::load(grad, at),
+            };
+            if hw == 1 {
+                return map(b, c, out, v(n) * c, |ch| {
+                    let at = v(n) * c + ch.clone();
+                    dz(dy(at.clone()), at, ch)
+                });
+            }
+            let ch = b.var();
+            let base = (v(n) * c + v(ch)) * hw;
+            let inner = map(b, hw, out, base.clone(), |at| {
+                let at = base.clone() + at;
+                dz(dy(at.clone()), at, v(ch))
+            });
+            vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
+        }),
+    };
+    b.finish(format!("k{index}_bn_back_dx"), params, body)
 }
