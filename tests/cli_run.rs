@@ -347,7 +347,10 @@ fn bench_train_against_a_baseline() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     let b = &v["baseline"];
     assert_eq!(b["model"], "models/lenet.ir", "{json}");
-    let (step, base) = (v["us_per_step"].as_f64().unwrap(), b["us_per_step"].as_f64());
+    let (step, base) = (
+        v["us_per_step"].as_f64().unwrap(),
+        b["us_per_step"].as_f64(),
+    );
     assert!(base.unwrap() > 0.0 && step > 0.0, "{json}");
     let ratio = b["ratio"].as_f64().unwrap();
     assert!(ratio.is_finite() && ratio > 0.0, "{json}");
@@ -364,8 +367,16 @@ fn bench_train_against_a_baseline() {
         "models/lenet.ir",
     ]);
     assert!(text.contains("baseline models/lenet.ir:"), "{text}");
-    let e = fails(&["bench", "models/lenet_bn.ir", "--baseline", "models/lenet.ir"]);
-    assert!(e.contains("--baseline compares training steps; add --mode train"), "{e}");
+    let e = fails(&[
+        "bench",
+        "models/lenet_bn.ir",
+        "--baseline",
+        "models/lenet.ir",
+    ]);
+    assert!(
+        e.contains("--baseline compares training steps; add --mode train"),
+        "{e}"
+    );
     let e = fails(&[
         "bench",
         "models/lenet_bn.ir",
