@@ -366,7 +366,32 @@ fn bench_train_against_a_baseline() {
         "--baseline",
         "models/lenet.ir",
     ]);
-    assert!(text.contains("baseline models/lenet.ir:"), "{text}");
+    assert!(
+        text.contains("baseline models/lenet.ir on 2 thread(s):"),
+        "{text}"
+    );
+    // The model against itself on one thread: what the second thread gains.
+    let json = ok(&[
+        "bench",
+        "models/lenet_bn.ir",
+        "--mode",
+        "train",
+        "--batch",
+        "16",
+        "--reps",
+        "2",
+        "--baseline",
+        "models/lenet_bn.ir",
+        "--baseline-threads",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (&v["threads"], &v["baseline"]["threads"]),
+        (&2.into(), &1.into()),
+        "{json}"
+    );
     let e = fails(&[
         "bench",
         "models/lenet_bn.ir",

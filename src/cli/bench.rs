@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// BatchNorm).
     #[arg(long, value_name = "B.ir")]
     baseline: Option<PathBuf>,
+    /// Threads for the baseline's step (default: --threads); with FILE as its own
+    /// baseline, `--threads 2 --baseline-threads 1` measures what the second thread gains.
+    #[arg(long, value_name = "N", requires = "baseline", value_parser = clap::value_parser!(u32).range(1..))]
+    baseline_threads: Option<u32>,
 }
 
 /// The weights to measure with: the given file, or a random initialization from the seed.
@@ -179,12 +183,17 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
             let params = init_params(&typed_model(path)?, a.seed)
                 .into_iter()
                 .collect();
+            let cfg = TrainConfig {
+                threads: a.baseline_threads.map_or(threads, |t| t as usize),
+                ..cfg.clone()
+            };
             let t = Trainer::new(&g, params, &cfg)
                 .with_context(|| format!("{name}: cannot compile for training"))?;
             Some((name, t))
         }
         None => None,
     };
+    let base_threads = baseline.as_ref().map(|(_, t)| t.config().threads);
     if v.details() {
         for l in &trainer.plan().layers {
             eprintln!("layer {:<28} {:?}", l.name, l.linear);
@@ -263,7 +272,7 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         });
         if let Some((name, t, ratio)) = &base {
             obj["baseline"] = serde_json::json!({
-                "model": name, "us_per_step": t.as_secs_f64() * 1e6,
+                "model": name, "threads": base_threads, "us_per_step": t.as_secs_f64() * 1e6,
                 "images_per_s": batch as f64 / t.as_secs_f64().max(1e-12),
                 "ratio": ratio,
             });
@@ -279,8 +288,10 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         println!("epoch of 60000 images at this rate: {:.2} s", 60000.0 / ips);
         if let Some((name, t, ratio)) = &base {
             println!(
-                "baseline {name}: {:.1} ms per step (median, steps alternated with the above); \
-                 ratio {ratio:.3} (median over the repetitions of step / baseline step)",
+                "baseline {name} on {} thread(s): {:.1} ms per step (median, steps alternated \
+                 with the above); ratio {ratio:.3} (median over the repetitions of step / \
+                 baseline step)",
+                base_threads.unwrap_or(threads),
                 t.as_secs_f64() * 1e3,
             );
         }
