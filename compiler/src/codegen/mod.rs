@@ -286,7 +286,7 @@ pub enum KernelSpec {
     /// `back`, `dy` is the buffer `grad` and `output` may be `grad` itself. With `back`
     /// (the activation and pool of `PoolActBack`), `grad` is the layer's output gradient and
     /// `dy = unpool(grad) · act'(saved)` is recomputed, so nothing between the two passes
-    /// stores `dy`.
+    /// stores `dy`, and `output` may be `z` itself.
     BnBackDx {
         /// Channels.
         c: usize,

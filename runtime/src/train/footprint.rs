@@ -56,7 +56,9 @@ pub(super) fn check(plan: &TrainPlan, cfg: &TrainConfig) -> Result<Footprint, Tr
         // the kernels' layouts; running mean and variance.
         params += 3 * (weight + bias + bn) + 2 * weight + bn;
         let (z, out) = (l.z_len as u128, l.out_len as u128);
-        // z (BatchNorm only), a, d_z; d_out; the pooled output.
+        // z (BatchNorm only), a, d_z; d_out; the pooled output. A BatchNorm layer writes
+        // `dz` over `z` unless the trainer keeps `z` (`Trainer::keep_z`), so its `d_z` is
+        // counted for that case.
         per_image += if l.bn.is_some() { 3 * z } else { 2 * z } + out;
         if l.pool.is_some() {
             per_image += out;

@@ -328,7 +328,9 @@ fn pool_act_back(
 /// `dz = A[c]·dy + B[c]·(z - mean[c]) + C[c]`, channel planes of `h x w` values (or channels
 /// on the lanes when a plane is one value). Without `back`, `dy` is read from `grad` and the
 /// output may be `grad` itself (each element is read before it is written); with `back`,
-/// `dy = unpool(grad) · act'(saved)` is recomputed as `PoolActBack` computes it.
+/// `dy = unpool(grad) · act'(saved)` is recomputed as `PoolActBack` computes it, and the
+/// output may be `z` itself (the trainer writes `dz` over `z`, read at the same index just
+/// before).
 fn bn_back_dx(
     index: usize,
     c: usize,
