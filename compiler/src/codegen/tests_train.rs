@@ -35,6 +35,17 @@ fn train_error(spec: KernelSpec, n: usize, seed: u64) -> f32 {
 
 const TOL: f32 = 1e-4;
 
+/// An average pool with disjoint `kh x kw` windows, the kind the backward kernels take.
+fn avg_pool((kh, kw): (usize, usize)) -> Pool2d {
+    Pool2d {
+        kind: PoolKind::Avg,
+        kernel: [kh, kw],
+        stride: [kh, kw],
+        padding: [0, 0],
+        count_include_pad: true,
+    }
+}
+
 fn pool() -> impl Strategy<Value = Pool2d> {
     (any::<bool>(), 2usize..4, 1usize..3, 0usize..2).prop_map(|(max, k, s, p)| Pool2d {
         kind: if max { PoolKind::Max } else { PoolKind::Avg },
@@ -76,13 +87,7 @@ proptest! {
     /// rows and columns outside every window, and one value per channel.
     #[test]
     fn pool_act_back_matches_reference(c in 1usize..4, h in 1usize..12, w in 1usize..13, act in act(), k in (1usize..5, 1usize..5), pooled in any::<bool>(), bn in any::<bool>(), n in 1usize..5, seed in any::<u64>()) {
-        let pool = (pooled && k.0 <= h && k.1 <= w).then_some(Pool2d {
-            kind: PoolKind::Avg,
-            kernel: [k.0, k.1],
-            stride: [k.0, k.1],
-            padding: [0, 0],
-            count_include_pad: true,
-        });
+        let pool = (pooled && k.0 <= h && k.1 <= w).then_some(avg_pool(k));
         let spec = KernelSpec::PoolActBack { c, h, w, act, pool, bn };
         prop_assert!(train_error(spec, n, seed) < TOL, "{:?}", spec);
     }
@@ -100,13 +105,7 @@ proptest! {
     /// but `dz` is not), and one value per channel.
     #[test]
     fn bn_back_dx_through_pool_and_activation_matches_reference(c in 1usize..6, h in 1usize..12, w in 1usize..13, act in act(), k in (1usize..5, 1usize..5), pooled in any::<bool>(), n in 1usize..5, seed in any::<u64>()) {
-        let pool = (pooled && k.0 <= h && k.1 <= w).then_some(Pool2d {
-            kind: PoolKind::Avg,
-            kernel: [k.0, k.1],
-            stride: [k.0, k.1],
-            padding: [0, 0],
-            count_include_pad: true,
-        });
+        let pool = (pooled && k.0 <= h && k.1 <= w).then_some(avg_pool(k));
         let spec = KernelSpec::BnBackDx { c, h, w, back: Some((act, pool)) };
         prop_assert!(train_error(spec, n, seed) < TOL, "{:?}", spec);
     }
@@ -232,29 +231,14 @@ fn channel_coefficients_are_loaded_once_per_plane() {
             c: 3,
             h: 6,
             w: 8,
-            back: Some((
-                Activation::Sigmoid,
-                Some(Pool2d {
-                    kind: PoolKind::Avg,
-                    kernel: [2, 2],
-                    stride: [2, 2],
-                    padding: [0, 0],
-                    count_include_pad: true,
-                }),
-            )),
+            back: Some((Activation::Sigmoid, Some(avg_pool((2, 2))))),
         },
         KernelSpec::BnActPool {
             c: 3,
             h: 6,
             w: 8,
             act: Activation::Relu,
-            pool: Pool2d {
-                kind: PoolKind::Avg,
-                kernel: [2, 2],
-                stride: [2, 2],
-                padding: [0, 0],
-                count_include_pad: true,
-            },
+            pool: avg_pool((2, 2)),
         },
     ] {
         let jit = JitKernels::compile_with_text(&[spec]).expect("compiles");
