@@ -1,5 +1,5 @@
 //! `bnc init`, `bnc run`, `bnc bench` and the inference outputs of `bnc compile`
-//! (`--explain`, `--emit stats|clif|asm`, `--no-fold`) as a user runs them, on the real
+//! (`--explain`, `--emit stats|clif|asm`, also of the training step, `--no-fold`) as a user runs them, on the real
 //! Fashion-MNIST test set.
 
 use std::path::PathBuf;
@@ -88,9 +88,38 @@ fn emit_clif_and_asm_print_every_kernel() {
         "--mode",
         "train",
         "--emit",
-        "clif",
+        "stats",
     ]);
-    assert!(e.contains("--emit stats, clif and asm"), "{e}");
+    assert!(
+        e.contains("--emit stats describes the default inference pipeline"),
+        "{e}"
+    );
+    let e = fails(&[
+        "compile",
+        "models/lenet.ir",
+        "--passes",
+        "infer-shapes",
+        "--emit",
+        "asm",
+    ]);
+    assert!(e.contains("drop --passes"), "{e}");
+}
+
+/// With --mode train, the training step's kernels as the trainer compiles them: LeNet-BN's
+/// 27, named by layer and role, the BatchNorm `dx` pass among them.
+#[test]
+fn emit_asm_and_clif_of_the_training_step() {
+    let args = ["compile", "models/lenet_bn.ir", "--mode", "train", "--emit"];
+    let asm = ok(&[&args[..], &["asm"]].concat());
+    assert_eq!(asm.matches("; ----- kernel ").count(), 27, "{asm}");
+    assert!(
+        asm.contains("; ----- kernel 3: conv1+bn1+act1+pool1: bn dx -----"),
+        "{asm}"
+    );
+    assert!(asm.contains("vfmadd231ps"), "{asm}");
+    let clif = ok(&[&args[..], &["clif"]].concat());
+    assert_eq!(clif.matches("; ----- kernel ").count(), 27);
+    assert!(clif.contains("function"), "{clif}");
 }
 
 #[test]

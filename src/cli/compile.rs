@@ -26,9 +26,10 @@ pub enum Emit {
     Svg,
     /// The kernel list with FLOPs, bytes and activation memory (inference).
     Stats,
-    /// The Cranelift IR of every kernel (inference).
+    /// The Cranelift IR of every kernel (of the training step with --mode train).
     Clif,
-    /// The machine code of every kernel, as Cranelift's disassembly (inference).
+    /// The machine code of every kernel, as Cranelift's disassembly (of the training step
+    /// with --mode train).
     Asm,
 }
 
@@ -133,10 +134,17 @@ pub fn run(a: CompileArgs, v: Verbosity) -> anyhow::Result<()> {
             &annotations(&g, &source, &steps, mode),
         )),
         Emit::Svg => out.push_str(&to_svg(&g, &annotations(&g, &source, &steps, mode))),
+        Emit::Clif | Emit::Asm if mode == Mode::Train && a.passes.is_none() => {
+            out.push_str(
+                &train_code(&source, a.emit == Emit::Asm)
+                    .with_context(|| format!("{file}: cannot generate training code"))?,
+            );
+        }
         Emit::Stats | Emit::Clif | Emit::Asm => {
             if mode != Mode::Infer || a.passes.is_some() {
                 bail!(
-                    "--emit stats, clif and asm compile the default inference pipeline; drop --mode train and --passes"
+                    "--emit stats describes the default inference pipeline, and --emit clif and \
+                     asm compile a default pipeline; drop --passes (and --mode train for stats)"
                 );
             }
             let cfg = CompileConfig {
@@ -243,6 +251,24 @@ fn stats(m: &InferenceModel, batches: &[usize]) -> String {
         ));
     }
     s
+}
+
+/// The code of every training kernel, as the trainer compiles it: the default train
+/// pipeline, its training plan, one kernel per layer and role.
+fn train_code(source: &bnc::Graph, asm: bool) -> anyhow::Result<String> {
+    let mut fused = source.clone();
+    PassManager::for_mode(Mode::Train).run(&mut fused, Mode::Train)?;
+    let named = plan(&fused)?.named_specs();
+    let specs: Vec<_> = named.iter().map(|(_, s)| *s).collect();
+    let jit = bnc::compiler::codegen::JitKernels::compile_with_text(&specs)?;
+    let mut s = String::new();
+    for (i, (name, _)) in named.iter().enumerate() {
+        s.push_str(&format!("; ----- kernel {i}: {name} -----\n"));
+        let text = if asm { jit.disasm(i) } else { jit.clif(i) };
+        s.push_str(text.unwrap_or("; (no text)\n"));
+        s.push('\n');
+    }
+    Ok(s)
 }
 
 fn code(m: &InferenceModel, asm: bool) -> String {

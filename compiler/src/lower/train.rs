@@ -168,14 +168,27 @@ impl TrainPlan {
     /// Every kernel in a fixed order: per layer linear, post, back, bn_dx, grad_w, grad_x
     /// (present ones).
     pub fn specs(&self) -> Vec<KernelSpec> {
+        self.named_specs().into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// [`TrainPlan::specs`] with a name for each: the layer's and the kernel's role
+    /// (`conv1+bn1+act1+pool1: bn dx`).
+    pub fn named_specs(&self) -> Vec<(String, KernelSpec)> {
         let mut v = Vec::new();
         for l in &self.layers {
-            v.push(l.linear);
-            v.extend(l.post);
-            v.extend(l.back);
-            v.extend(l.bn_dx);
-            v.push(l.grad_w);
-            v.extend(l.grad_x);
+            let roles = [
+                ("linear", Some(l.linear)),
+                ("post", l.post),
+                ("pool+act backward", l.back),
+                ("bn dx", l.bn_dx),
+                ("weight gradient", Some(l.grad_w)),
+                ("input gradient", l.grad_x),
+            ];
+            for (role, spec) in roles {
+                if let Some(spec) = spec {
+                    v.push((format!("{}: {role}", l.name), spec));
+                }
+            }
         }
         v
     }
