@@ -789,11 +789,11 @@ impl Emitter<'_, '_> {
                 if !self.vec {
                     return self.load(*buf, idx, &[]);
                 }
-                // Two floats as one f64, then lanes [0, 0, 1, 1].
+                // Two floats zero-extended into the two 64-bit halves (one `vpmovzxdq` from
+                // memory), then lanes [0, 0, 2, 2].
                 let (p, off) = self.addr(*buf, idx, 0)?;
-                let pair = self.b.ins().load(types::F64, flags(), p, off);
-                let wide = self.b.ins().scalar_to_vector(types::F64X2, pair);
-                let bytes: Vec<u8> = [0u8, 0, 1, 1]
+                let wide = self.b.ins().uload32x2(flags(), p, off);
+                let bytes: Vec<u8> = [0u8, 0, 2, 2]
                     .iter()
                     .flat_map(|&l| (0..4u8).map(move |k| l * 4 + k))
                     .collect();
