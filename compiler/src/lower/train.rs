@@ -137,7 +137,8 @@ pub struct TrainLayer {
     pub back: Option<KernelSpec>,
     /// The BatchNorm input gradient (`BnBackDx`), with BatchNorm only: with `back`, it
     /// recomputes `dy` from the layer's output gradient and `a`; without (no `PoolActBack`),
-    /// it reads the `dz` buffer the runtime's backward wrote, and overwrites it.
+    /// it reads the `dy` that the runtime's plain-Rust backward wrote to the `dz` buffer and
+    /// overwrites it with `dz`.
     pub bn_dx: Option<KernelSpec>,
     /// The weight gradient kernel.
     pub grad_w: KernelSpec,
