@@ -87,16 +87,20 @@ impl Plane {
     }
 }
 
+/// The index of the first pooled gradient of the windows covering row `y` of the plane.
+fn grad_row(p: &Plane, pool: &Pool2d, y: Idx) -> Idx {
+    let (oh, ow) = pool.out_hw(p.h, p.w);
+    ((v(p.n) * p.c + v(p.ch)) * oh + y.floor_div(pool.kernel[0] as i64)) * ow
+}
+
 impl Source {
     /// The gradient reaching pixel `(y, x)` of the plane through the pool (inside a window).
     fn grad_at(&self, p: &Plane, y: Idx, x: Idx) -> Val {
         let Some(pool) = self.pool else {
             return Val::load(self.grad, p.at(y, x));
         };
-        let (oh, ow) = pool.out_hw(p.h, p.w);
         let [kh, kw] = pool.kernel;
-        let idx =
-            ((v(p.n) * p.c + v(p.ch)) * oh + y.floor_div(kh as i64)) * ow + x.floor_div(kw as i64);
+        let idx = grad_row(p, &pool, y) + x.floor_div(kw as i64);
         Val::load(self.grad, idx) * Val::Const(1.0 / (kh * kw) as f32)
     }
 
@@ -126,7 +130,7 @@ impl Source {
         // The vector loop binds each row's first pixel and first pooled gradient once, so
         // that the pixels' addresses are affine (the emitter folds them into the loads) and
         // the window's `1/(kh·kw)` is broadcast once per row.
-        let (row, grad_row, lane_window) = (b.var(), b.var(), b.var());
+        let (row, row_grad, lane_window) = (b.var(), b.var(), b.var());
         let mut per_row = vec![Stmt::Let {
             var: row,
             idx: p.at(v(y), Idx::Const(0)),
@@ -134,18 +138,17 @@ impl Source {
         let grad = match self.pool {
             None => Val::load(self.grad, v(row) + v(x4) * 4usize + v(j)),
             Some(pool) => {
-                let (oh, ow) = pool.out_hw(p.h, p.w);
                 let [kh, kw] = pool.kernel;
                 per_row.extend([
                     Stmt::Let {
-                        var: grad_row,
-                        idx: ((v(p.n) * p.c + v(p.ch)) * oh + v(y).floor_div(kh as i64)) * ow,
+                        var: row_grad,
+                        idx: grad_row(p, &pool, v(y)),
                     },
                     set(scale, Val::Const(1.0 / (kh * kw) as f32)),
                 ]);
                 // Lane `l` of column vector `x4` is in window `(4·x4 + l) / kw`.
                 let g = match kw {
-                    1 => Val::load(self.grad, v(grad_row) + v(x4) * 4usize + v(j)),
+                    1 => Val::load(self.grad, v(row_grad) + v(x4) * 4usize + v(j)),
                     2 => {
                         // Lanes `[0, 0, 1, 1]` of the windows from `2·x4`; only lane 0's
                         // index is used, so the lane-dependent `l / 2` may be a let.
@@ -155,14 +158,14 @@ impl Source {
                         });
                         Val::PairDup {
                             buf: self.grad,
-                            idx: v(grad_row) + v(x4) * 2usize + v(lane_window),
+                            idx: v(row_grad) + v(x4) * 2usize + v(lane_window),
                         }
                     }
                     // One window per column vector: the same gradient on every lane.
-                    4 => Val::load(self.grad, v(grad_row) + v(x4)),
+                    4 => Val::load(self.grad, v(row_grad) + v(x4)),
                     _ => Val::load(
                         self.grad,
-                        v(grad_row) + (v(x4) * 4usize + v(j)).floor_div(kw as i64),
+                        v(row_grad) + (v(x4) * 4usize + v(j)).floor_div(kw as i64),
                     ),
                 };
                 g * get(scale)
@@ -309,8 +312,8 @@ fn pool_act_back(
                 s
             };
             // Pixels outside every window get no gradient.
-            let zero = |at: Idx| store(out.expect("checked"), at, Val::Const(0.0));
-            let outside: Option<&dyn Fn(Idx) -> Stmt> = out.map(|_| &zero as _);
+            let zero = out.map(|out| move |at: Idx| store(out, at, Val::Const(0.0)));
+            let outside = zero.as_ref().map(|f| f as &dyn Fn(Idx) -> Stmt);
             let mut inner = src.walk(b, &p, inside, outside, |j, rows_cols| {
                 lane_sums(j, [s1, s2], lanes, rows_cols)
             });
