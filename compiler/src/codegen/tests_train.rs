@@ -215,6 +215,42 @@ fn batch_stats_survive_a_large_mean() {
     }
 }
 
+/// The batch statistics of a plane accumulate `Σ(z - shift)²` in four independent registers
+/// (one would chain every vector of the plane through the FMA latency), and the shift is
+/// broadcast once per plane rather than reloaded for every vector.
+#[test]
+fn plane_stats_run_four_independent_chains() {
+    let spec = KernelSpec::TrainConv2d {
+        c_in: 1,
+        h: 16,
+        w: 16,
+        c_out: 2,
+        kernel: [5, 5],
+        stride: [1, 1],
+        padding: [0, 0],
+        bias: false,
+        stats: true,
+    };
+    let jit = JitKernels::compile_with_text(&[spec]).expect("compiles");
+    let asm = jit.disasm(0).expect("text");
+    // `vfmadd231ps %xmmD, %xmmD, %xmmA` squares `D` into the accumulator `A`.
+    let squares: std::collections::BTreeSet<&str> = asm
+        .lines()
+        .filter_map(|l| {
+            let ops = l.trim().strip_prefix("vfmadd231ps ")?;
+            let ops: Vec<&str> = ops.split(", ").collect();
+            (ops.len() == 3 && ops[0] == ops[1]).then_some(ops[2])
+        })
+        .collect();
+    assert_eq!(squares.len(), 4, "accumulators {squares:?}:\n{asm}");
+    let reloads = asm
+        .lines()
+        .filter(|l| l.contains("vbroadcastss %xmm"))
+        .count();
+    assert!(reloads <= 2, "{reloads} register broadcasts:\n{asm}");
+    assert!(train_error(spec, 3, 11) < TOL);
+}
+
 /// The per-channel coefficients of the BatchNorm kernels are read-only, so each is loaded
 /// (and broadcast) once per plane before the element loop; without the hoisting every
 /// vector of the loop reloads them with `vbroadcastss` from memory.

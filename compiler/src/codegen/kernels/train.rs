@@ -117,25 +117,52 @@ pub(super) fn lane_sum(l: Buf, base: usize) -> Val {
         .expect("four lanes")
 }
 
-/// Two sums kept per lane: a one-trip `Vector` loop over the lane variable `j` zeroes the
-/// registers `r`, runs `inner` (which addresses element `4 * i + j`, so each lane sums its
-/// own elements), and parks the lanes in `lanes` (8 floats); after it, the registers `r`
-/// hold the scalar totals, the lanes added in a fixed order.
-pub(super) fn lane_sums(j: IVar, r: [u32; 2], lanes: Buf, inner: Stmt) -> Vec<Stmt> {
+/// Two sums kept per lane, each in `chains` independent registers `reg(r[i], k)` (so that
+/// consecutive vectors need not wait on one add's latency): a one-trip `Vector` loop over the
+/// lane variable `j` zeroes them, runs `inner` (which addresses element `4 * i + j`, so each
+/// lane sums its own elements), adds the chains in a fixed order ([`chain_total`]) and parks
+/// the lanes in `lanes` (8 floats); after it, the registers `reg(r[i], 0)` hold the scalar
+/// totals, the lanes added in a fixed order.
+pub(super) fn lane_sums(
+    j: IVar,
+    r: [u32; 2],
+    chains: usize,
+    lanes: Buf,
+    inner: Vec<Stmt>,
+) -> Vec<Stmt> {
+    let mut body: Vec<Stmt> = (0..chains)
+        .flat_map(|k| {
+            r.map(|r| Stmt::Set {
+                reg: reg(r, k),
+                val: Val::Const(0.0),
+            })
+        })
+        .collect();
+    body.extend(inner);
+    body.push(store(lanes, v(j), chain_total(r[0], chains)));
+    body.push(store(lanes, v(j) + 4usize, chain_total(r[1], chains)));
     vec![
-        on_lanes(
-            j,
-            vec![
-                set(r[0], Val::Const(0.0)),
-                set(r[1], Val::Const(0.0)),
-                inner,
-                store(lanes, v(j), get(r[0])),
-                store(lanes, v(j) + 4usize, get(r[1])),
-            ],
-        ),
+        on_lanes(j, body),
         set(r[0], lane_sum(lanes, 0)),
         set(r[1], lane_sum(lanes, 4)),
     ]
+}
+
+/// The sum of the chains `reg(r, 0..chains)`, added pairwise: `(0 + 1) + (2 + 3)` for four.
+pub(super) fn chain_total(r: u32, chains: usize) -> Val {
+    let mut level: Vec<Val> = (0..chains).map(|k| Val::Get(reg(r, k))).collect();
+    while level.len() > 1 {
+        let mut next = Vec::with_capacity(level.len().div_ceil(2));
+        let mut it = level.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match it.next() {
+                Some(b) => a + b,
+                None => a,
+            });
+        }
+        level = next;
+    }
+    level.pop().expect("at least one chain")
 }
 
 /// A one-trip `Vector` loop over the lane variable `j` (`0..4`): inside, `j` is lane `k`'s
@@ -151,9 +178,16 @@ pub(super) fn on_lanes(j: IVar, body: Vec<Stmt>) -> Stmt {
     }
 }
 
+/// Independent accumulator pairs of [`plane_stats`]: one pair would chain every vector of a
+/// plane through the FMA latency (four cycles a vector on this machine's cores); four keep
+/// the FMA units busy instead.
+const STATS_CHAINS: usize = 4;
+
 /// Statistics of the `c` planes of `hw` pixels of image `n` in `z`, added to `s` (layout of
 /// [`crate::codegen::train_stats`]); the prologue zeroes the sums. The shift is the first pixel
 /// of the channel in the first image of the call, which is written before any image's stats.
+/// Vector `i` of a plane goes to chain `i % STATS_CHAINS` (the last `hw / 4 % STATS_CHAINS`
+/// vectors to chain 0); the chains are added in a fixed order, so results stay deterministic.
 fn plane_stats(
     b: &mut KernelBuilder,
     n: IVar,
@@ -173,32 +207,60 @@ fn plane_stats(
             store(s, v(ch0) + 2 * c, Val::Const(0.0)),
         ],
     )];
-    let (ch, j, i4, t) = (b.var(), b.var(), b.var(), b.var());
-    let (r1, r2, d, e) = (b.reg(), b.reg(), b.reg(), b.reg());
+    let (ch, j, i4, k, t) = (b.var(), b.var(), b.var(), b.var(), b.var());
+    let (r1, r2, d, e, sh) = (b.reg(), b.reg(), b.reg(), b.reg(), b.reg());
     let lanes = b.local(8);
     let plane = (v(n) * c + v(ch)) * hw;
     let shift = || Val::load(z, (v(N_BEGIN) * c + v(ch)) * hw);
-    let full = hw / 4 * 4;
+    let vectors = hw / 4;
+    let rounds = vectors / STATS_CHAINS;
+    let full = vectors * 4;
+    let chains = |body: Vec<Stmt>| for_(k, 0usize, STATS_CHAINS, LoopKind::Unroll, body);
+    // Adds vector `at` (an index of `plane`'s vectors) to chain `chain`.
+    let accumulate = |at: Idx, chain: Idx| {
+        vec![
+            Stmt::Set {
+                reg: reg(d, chain.clone()),
+                val: Val::load(z, plane.clone() + at * 4usize + v(j)) - get(sh),
+            },
+            Stmt::Set {
+                reg: reg(r1, chain.clone()),
+                val: Val::Get(reg(r1, chain.clone())) + Val::Get(reg(d, chain.clone())),
+            },
+            Stmt::Set {
+                reg: reg(r2, chain.clone()),
+                val: Val::fma(
+                    Val::Get(reg(d, chain.clone())),
+                    Val::Get(reg(d, chain.clone())),
+                    Val::Get(reg(r2, chain)),
+                ),
+            },
+        ]
+    };
     let mut body = Vec::new();
     if full > 0 {
         body.extend(lane_sums(
             j,
             [r1, r2],
+            STATS_CHAINS,
             lanes,
-            for_(
-                i4,
-                0usize,
-                hw / 4,
-                LoopKind::Serial,
-                vec![
-                    set(
-                        d,
-                        Val::load(z, plane.clone() + v(i4) * 4usize + v(j)) - shift(),
-                    ),
-                    set(r1, get(r1) + get(d)),
-                    set(r2, Val::fma(get(d), get(d), get(r2))),
-                ],
-            ),
+            vec![
+                set(sh, shift()),
+                for_(
+                    i4,
+                    0usize,
+                    rounds,
+                    LoopKind::Serial,
+                    vec![chains(accumulate(v(i4) * STATS_CHAINS + v(k), v(k)))],
+                ),
+                for_(
+                    i4,
+                    rounds * STATS_CHAINS,
+                    vectors,
+                    LoopKind::Serial,
+                    accumulate(v(i4), 0usize.into()),
+                ),
+            ],
         ));
     } else {
         body.push(set(r1, Val::Const(0.0)));

@@ -315,7 +315,7 @@ fn pool_act_back(
             let zero = out.map(|out| move |at: Idx| store(out, at, Val::Const(0.0)));
             let outside = zero.as_ref().map(|f| f as &dyn Fn(Idx) -> Stmt);
             let mut inner = src.walk(b, &p, inside, outside, |j, rows_cols| {
-                lane_sums(j, [s1, s2], lanes, rows_cols)
+                lane_sums(j, [s1, s2], 1, lanes, vec![rows_cols])
             });
             let at = v(n) * nsums + v(ch);
             inner.push(store(sums, at.clone(), get(s1)));
