@@ -65,6 +65,34 @@ struct Frame {
     sums: HashMap<AddrKey, Value>,
     /// Read-only values loaded before the loop, by buffer, index terms, constant and width.
     loads: HashMap<(Buf, AddrKey, i64, bool), Value>,
+    /// Whether the body has no loop of its own (unrolled loops aside), so that vector
+    /// constants are emitted before the loop ([`math::Consts`]).
+    leaf: bool,
+    /// Vector constants emitted before the loop, by their bits.
+    consts: HashMap<u32, Value>,
+}
+
+/// Where vector constants go: before the innermost loop if it has no loop of its own.
+fn consts(frames: &mut [Frame]) -> math::Consts<'_> {
+    math::Consts {
+        hoist: frames
+            .last_mut()
+            .filter(|f| f.leaf)
+            .map(|f| (f.entry, &mut f.consts)),
+    }
+}
+
+/// Whether `body` holds a serial or vector loop (unrolled loops are looked into).
+fn has_loop(body: &[Stmt]) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Loop {
+            kind: LoopKind::Unroll,
+            body,
+            ..
+        } => has_loop(body),
+        Stmt::Loop { .. } => true,
+        _ => false,
+    })
 }
 
 /// Emits `kernel` into the function of `b`, whose signature is `(ptr, i64, i64)`.
@@ -291,6 +319,8 @@ impl Emitter<'_, '_> {
                 runs,
                 sums: HashMap::new(),
                 loads: HashMap::new(),
+                leaf: !has_loop(body),
+                consts: HashMap::new(),
             });
             let key = self.fresh_key();
             self.env.insert(
@@ -743,7 +773,7 @@ impl Emitter<'_, '_> {
     fn val(&mut self, v: &Val) -> Result<Value, CodegenError> {
         let ty = self.fty();
         Ok(match v {
-            Val::Const(c) => math::fconst(self.b, ty, *c),
+            Val::Const(c) => consts(&mut self.frames).get(self.b, ty, *c),
             Val::Load { buf, idx, guards } => self.load(*buf, idx, guards)?,
             Val::Get(Reg { id, elem }) => {
                 let elem = self.const_of(elem)?;
@@ -778,11 +808,11 @@ impl Emitter<'_, '_> {
             }
             Val::Exp(x) => {
                 let x = self.val(x)?;
-                math::exp(self.b, x)
+                math::exp(self.b, &mut consts(&mut self.frames), x)
             }
             Val::ExpNeg(x) => {
                 let x = self.val(x)?;
-                math::exp_signed(self.b, x, true)
+                math::exp_signed(self.b, &mut consts(&mut self.frames), x, true)
             }
             Val::PairSum { buf, idx } => self.pair_sum(*buf, idx)?,
             Val::PairDup { buf, idx } => {
@@ -804,7 +834,7 @@ impl Emitter<'_, '_> {
             }
             Val::Positive(x) => {
                 let x = self.val(x)?;
-                math::positive(self.b, x)
+                math::positive(self.b, &mut consts(&mut self.frames), x)
             }
             Val::Splatted { buf, idx } => {
                 if self.vec && self.stride(idx)? != Some(0) {

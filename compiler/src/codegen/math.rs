@@ -15,8 +15,11 @@
 //! `1.65e38` instead of producing infinities; the clamp is a compare-and-select that keeps a
 //! NaN argument, and the polynomial then carries it to the result.
 
+use std::collections::HashMap;
+
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{Inst, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// The clamp range of the argument (see the module comment).
@@ -24,7 +27,7 @@ pub(crate) const EXP_LO: f32 = -87.3;
 /// The upper clamp: `floor(88.0 * log2(e) + 0.5) = 127`, the largest normal exponent.
 pub(crate) const EXP_HI: f32 = 88.0;
 
-/// A float constant of type `ty` (scalar or splatted).
+/// A float constant of type `ty` (scalar or splatted), emitted at the builder's position.
 pub(crate) fn fconst(b: &mut FunctionBuilder, ty: Type, c: f32) -> Value {
     let s = b.ins().f32const(c);
     if ty.is_vector() {
@@ -34,9 +37,32 @@ pub(crate) fn fconst(b: &mut FunctionBuilder, ty: Type, c: f32) -> Value {
     }
 }
 
+/// Where the vector constants of an expression go. Code is compiled unoptimized, so nothing
+/// moves a constant out of a loop afterwards: at the use, every vector costs a broadcast from
+/// the constant pool per constant (a dozen per `exp`). With `hoist`, vector constants are
+/// emitted once before the jump `Inst` into the loop (a loop without inner loops, so that the
+/// registers they hold are only live across short code) and reused from the map.
+pub(crate) struct Consts<'a> {
+    pub(crate) hoist: Option<(Inst, &'a mut HashMap<u32, Value>)>,
+}
+
+impl Consts<'_> {
+    /// The constant `c` of type `ty`.
+    pub(crate) fn get(&mut self, b: &mut FunctionBuilder, ty: Type, c: f32) -> Value {
+        match &mut self.hoist {
+            Some((entry, map)) if ty.is_vector() => *map.entry(c.to_bits()).or_insert_with(|| {
+                let mut pos = FuncCursor::new(b.func).at_inst(*entry);
+                let s = pos.ins().f32const(c);
+                pos.ins().splat(ty, s)
+            }),
+            _ => fconst(b, ty, c),
+        }
+    }
+}
+
 /// Emits `exp(x)` for `x` of type `F32` or `F32X4`.
-pub(crate) fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
-    exp_signed(b, x, false)
+pub(crate) fn exp(b: &mut FunctionBuilder, k: &mut Consts, x: Value) -> Value {
+    exp_signed(b, k, x, false)
 }
 
 /// The minimax coefficients of `P` in `exp(r) = 1 + r + r^2 P(r)` on `|r| <= ln2/2`
@@ -44,7 +70,7 @@ pub(crate) fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
 const EXP_P: [f32; 4] = [0.499_992_3, 0.166_671_14, 0.041_890_1, 0.008_312_51];
 
 /// Emits `exp(-x)` if `neg`, else `exp(x)`, for `x` of type `F32` or `F32X4`.
-pub(crate) fn exp_signed(b: &mut FunctionBuilder, x: Value, neg: bool) -> Value {
+pub(crate) fn exp_signed(b: &mut FunctionBuilder, k: &mut Consts, x: Value, neg: bool) -> Value {
     let ty = b.func.dfg.value_type(x);
     let ity = if ty.is_vector() {
         types::I32X4
@@ -58,31 +84,30 @@ pub(crate) fn exp_signed(b: &mut FunctionBuilder, x: Value, neg: bool) -> Value 
     } else {
         (EXP_LO, EXP_HI)
     };
-    let lo = fconst(b, ty, lo);
-    let hi = fconst(b, ty, hi);
+    let lo = k.get(b, ty, lo);
+    let hi = k.get(b, ty, hi);
     let x = max(b, x, lo);
     let x = min(b, x, hi);
     // t = s*x*log2(e) + M rounds s*x*log2(e) to the nearest integer n, held in t's low
     // mantissa bits as n + 127; t - M is n as a float.
     let magic = 12_582_912.0 + 127.0;
-    let k = fconst(b, ty, s * std::f32::consts::LOG2_E);
-    let m = fconst(b, ty, magic);
-    let t = b.ins().fma(x, k, m);
-    let m = fconst(b, ty, magic);
+    let log2e = k.get(b, ty, s * std::f32::consts::LOG2_E);
+    let m = k.get(b, ty, magic);
+    let t = b.ins().fma(x, log2e, m);
     let n = b.ins().fsub(t, m);
     // u = x - s*n*ln2, so that r = s*x - n*ln2 = s*u.
-    let ln2 = fconst(b, ty, -s * std::f32::consts::LN_2);
+    let ln2 = k.get(b, ty, -s * std::f32::consts::LN_2);
     let u = b.ins().fma(n, ln2, x);
     // exp(r) = 1 + s*u + u^2 (p0 + s*p1 u + (p2 + s*p3 u) u^2).
-    let pair = |b: &mut FunctionBuilder, lo: f32, hi: f32| {
-        let (lo, hi) = (fconst(b, ty, lo), fconst(b, ty, s * hi));
+    let pair = |b: &mut FunctionBuilder, k: &mut Consts, lo: f32, hi: f32| {
+        let (lo, hi) = (k.get(b, ty, lo), k.get(b, ty, s * hi));
         b.ins().fma(hi, u, lo)
     };
-    let a01 = pair(b, EXP_P[0], EXP_P[1]);
-    let a23 = pair(b, EXP_P[2], EXP_P[3]);
+    let a01 = pair(b, k, EXP_P[0], EXP_P[1]);
+    let a23 = pair(b, k, EXP_P[2], EXP_P[3]);
     let u2 = b.ins().fmul(u, u);
     let p = b.ins().fma(a23, u2, a01);
-    let one = fconst(b, ty, 1.0);
+    let one = k.get(b, ty, 1.0);
     let lin = if neg {
         b.ins().fsub(one, u)
     } else {
@@ -117,9 +142,9 @@ pub(crate) fn max(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
 }
 
 /// `1` where `x > 0`, else `0` (NaN gives `0`).
-pub(crate) fn positive(b: &mut FunctionBuilder, x: Value) -> Value {
+pub(crate) fn positive(b: &mut FunctionBuilder, k: &mut Consts, x: Value) -> Value {
     let ty = b.func.dfg.value_type(x);
-    let (one, zero) = (fconst(b, ty, 1.0), fconst(b, ty, 0.0));
+    let (one, zero) = (k.get(b, ty, 1.0), k.get(b, ty, 0.0));
     let take = b.ins().fcmp(FloatCC::GreaterThan, x, zero);
     if ty.is_vector() {
         let mask = b.ins().bitcast(ty, lanes(), take);

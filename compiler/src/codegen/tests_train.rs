@@ -251,6 +251,30 @@ fn plane_stats_run_four_independent_chains() {
     assert!(train_error(spec, 3, 11) < TOL);
 }
 
+/// The constants of the sigmoid (a dozen in its `exp`) are broadcast once before the element
+/// loop, which has no loop inside it, instead of once per vector from the constant pool.
+#[test]
+fn sigmoid_constants_are_hoisted_out_of_the_element_loop() {
+    let spec = KernelSpec::BnActPool {
+        c: 3,
+        h: 8,
+        w: 8,
+        act: Activation::Sigmoid,
+        pool: avg_pool((2, 2)),
+    };
+    let jit = JitKernels::compile_with_text(&[spec]).expect("compiles");
+    let asm = jit.disasm(0).expect("text");
+    let mut blocks = asm.split("\nblock");
+    let element_loop = blocks
+        .find(|b| b.contains("vdivps"))
+        .expect("the sigmoid's division");
+    assert!(
+        !element_loop.contains("(%rip)"),
+        "constant-pool loads in the element loop:\n{element_loop}"
+    );
+    assert!(train_error(spec, 3, 5) < TOL);
+}
+
 /// The per-channel coefficients of the BatchNorm kernels are read-only, so each is loaded
 /// (and broadcast) once per plane before the element loop; without the hoisting every
 /// vector of the loop reloads them with `vbroadcastss` from memory.
