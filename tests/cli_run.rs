@@ -374,9 +374,15 @@ fn bench_train_against_a_baseline() {
     assert!(b["us_per_step"].as_f64().unwrap() > 0.0, "{json}");
     let ratio = b["ratio"].as_f64().unwrap();
     assert!(ratio.is_finite() && ratio > 0.0, "{json}");
+    // The spread of the per-repetition ratios brackets their median.
+    let (q1, q3) = (
+        b["ratio_q1"].as_f64().unwrap(),
+        b["ratio_q3"].as_f64().unwrap(),
+    );
+    assert!(0.0 < q1 && q1 <= ratio && ratio <= q3, "{json}");
     let text = bench_train("1", &["--baseline", "models/lenet.ir"]);
     assert!(
-        text.contains("baseline models/lenet.ir on 2 thread(s):"),
+        text.contains("baseline models/lenet.ir on 2 thread(s):") && text.contains("quartiles"),
         "{text}"
     );
     // The model against itself on one thread: what the second thread gains.

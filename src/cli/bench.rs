@@ -40,8 +40,8 @@ pub struct BenchArgs {
     json: bool,
     /// With --mode train: also time this model's step (random weights from the seed),
     /// alternating step for step with FILE's so that both see the same machine, and report
-    /// FILE's time as a ratio of it (e.g. `lenet_bn.ir --baseline lenet.ir`: the cost of
-    /// BatchNorm).
+    /// FILE's time as a ratio of it: the median and quartiles of the per-repetition ratios
+    /// (e.g. `lenet_bn.ir --baseline lenet.ir`: the cost of BatchNorm).
     #[arg(long, value_name = "B.ir")]
     baseline: Option<PathBuf>,
     /// Threads for the baseline's step (default: --threads); with FILE as its own
@@ -65,9 +65,16 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn median_f64(mut v: Vec<f64>) -> f64 {
+/// The lower quartile, median and upper quartile of `v` (the elements at ranks `n/4`, `n/2`
+/// and `3n/4` once sorted; NaN when empty).
+fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = v.len();
+    [n / 4, n / 2, 3 * n / 4].map(|i| {
+        v.get(i.min(n.saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    })
 }
 
 /// Runs `bnc bench`.
@@ -234,7 +241,7 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         .collect();
     let base = baseline
         .as_ref()
-        .map(|(name, _)| (name.clone(), median(base_times), median_f64(ratios)));
+        .map(|(name, _)| (name.clone(), median(base_times), quartiles(ratios)));
     let per_step = median(times);
     let idle = median(idle);
     // Of the thread time a step takes, the share spent without work.
@@ -270,11 +277,11 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
             "idle_us_per_step": idle.as_secs_f64() * 1e6,
             "compile_ms": compile_ms, "kernels": ks,
         });
-        if let Some((name, t, ratio)) = &base {
+        if let Some((name, t, [q1, ratio, q3])) = &base {
             obj["baseline"] = serde_json::json!({
                 "model": name, "threads": base_threads, "us_per_step": t.as_secs_f64() * 1e6,
                 "images_per_s": batch as f64 / t.as_secs_f64().max(1e-12),
-                "ratio": ratio,
+                "ratio": ratio, "ratio_q1": q1, "ratio_q3": q3,
             });
         }
         println!("{obj}");
@@ -286,11 +293,11 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
             a.reps
         );
         println!("epoch of 60000 images at this rate: {:.2} s", 60000.0 / ips);
-        if let Some((name, t, ratio)) = &base {
+        if let Some((name, t, [q1, ratio, q3])) = &base {
             println!(
                 "baseline {name} on {} thread(s): {:.1} ms per step (median, steps alternated \
                  with the above); ratio {ratio:.3} (median over the repetitions of step / \
-                 baseline step)",
+                 baseline step; quartiles {q1:.3}-{q3:.3})",
                 base_threads.unwrap_or(threads),
                 t.as_secs_f64() * 1e3,
             );
