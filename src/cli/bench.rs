@@ -70,11 +70,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    [n / 4, n / 2, 3 * n / 4].map(|i| {
-        v.get(i.min(n.saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    })
+    [n / 4, n / 2, 3 * n / 4].map(|i| v.get(i).copied().unwrap_or(f64::NAN))
 }
 
 /// Runs `bnc bench`.
