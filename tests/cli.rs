@@ -1,42 +1,12 @@
 //! The `bnc` binary as a user runs it: exit codes, what goes to stdout and to stderr, and
 //! the `error: FILE:LINE:COL: message` form of errors.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use bnc::compiler::passes::{Mode, REGISTRY, default_pipeline};
-
-/// Runs `bnc ARGS` in the package root, so that paths like `models/lenet.ir` resolve.
-fn bnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the bnc binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("stdout is UTF-8")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("stderr is UTF-8")
-}
-
-/// Asserts success and returns stdout.
-fn ok(args: &[&str]) -> String {
-    let o = bnc(args);
-    assert!(o.status.success(), "bnc {args:?} failed:\n{}", stderr(&o));
-    stdout(&o)
-}
-
-/// Asserts failure with status 1 and nothing on stdout; returns stderr.
-fn fails(args: &[&str]) -> String {
-    let o = bnc(args);
-    assert_eq!(o.status.code(), Some(1), "bnc {args:?}:\n{}", stderr(&o));
-    assert_eq!(stdout(&o), "", "bnc {args:?} printed to stdout on failure");
-    stderr(&o)
-}
+use common::{bnc, fails, ok, stderr, stdout};
 
 #[test]
 fn passes_lists_every_registered_pass_with_its_summary() {

@@ -2,37 +2,11 @@
 //! (`--explain`, `--emit stats|clif|asm`, also of the training step, `--no-fold`) as a user runs them, on the real
 //! Fashion-MNIST test set.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn bnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the bnc binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = bnc(args);
-    assert!(
-        o.status.success(),
-        "bnc {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).expect("UTF-8")
-}
-
-fn fails(args: &[&str]) -> String {
-    let o = bnc(args);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "bnc {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stderr).expect("UTF-8")
-}
+use common::{bnc, fails, ok};
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("bnc-cli-run-{}-{name}", std::process::id()))

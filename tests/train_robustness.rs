@@ -5,29 +5,14 @@
 //! with a different recipe or model is refused. Runs train on a subset of the real
 //! Fashion-MNIST so that each takes a second or two.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bnc::runtime::checkpoint::{Checkpoint, Resume};
-
-fn bnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the bnc binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = bnc(args);
-    assert!(
-        o.status.success(),
-        "bnc {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).expect("UTF-8")
-}
+use common::{bnc, ok};
 
 /// Runs bnc, expects exit status `code`, returns (stdout, stderr).
 fn fails(code: i32, args: &[&str]) -> (String, String) {
