@@ -275,6 +275,33 @@ fn sigmoid_constants_are_hoisted_out_of_the_element_loop() {
     assert!(train_error(spec, 3, 5) < TOL);
 }
 
+/// A small plane's pool and activation backward unrolls its rows as well as its columns:
+/// for LeNet's conv2 (8 x 8) the pooled-gradient pairs of all 16 vectors are loaded in
+/// straight-line code; conv1 (24 x 24) keeps its row loop around one row's 6 vectors.
+#[test]
+fn small_planes_unroll_their_rows() {
+    for bn in [false, true] {
+        for (hw, pair_loads) in [(8, 16), (24, 6)] {
+            let spec = KernelSpec::PoolActBack {
+                c: 3,
+                h: hw,
+                w: hw,
+                act: Activation::Sigmoid,
+                pool: Some(avg_pool((2, 2))),
+                bn,
+            };
+            let jit = JitKernels::compile_with_text(&[spec]).expect("compiles");
+            let asm = jit.disasm(0).expect("text");
+            assert_eq!(
+                asm.matches("vpmovzxdq").count(),
+                pair_loads,
+                "{spec:?}:\n{asm}"
+            );
+            assert!(train_error(spec, 3, 11) < TOL, "{spec:?}");
+        }
+    }
+}
+
 /// The per-channel coefficients of the BatchNorm kernels are read-only, so each is loaded
 /// (and broadcast) once per plane before the element loop; without the hoisting every
 /// vector of the loop reloads them with `vbroadcastss` from memory.

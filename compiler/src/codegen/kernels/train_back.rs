@@ -20,6 +20,9 @@ use crate::codegen::loop_ir::{
 };
 use crate::codegen::{Activation, KernelSpec, Pool2d};
 
+/// The most vectors of a plane's covered pixels that [`Source::walk`] unrolls whole.
+const UNROLL_PLANE: usize = 16;
+
 /// Lowers `PoolActBack` and `BnBackDx`.
 pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
     match *spec {
@@ -184,7 +187,14 @@ impl Source {
             unroll_cols,
             pixel(v(row) + v(x4) * 4usize + v(j), grad),
         ));
-        let rows_cols = for_(y, 0usize, rows, LoopKind::Serial, per_row);
+        // A small plane (LeNet's conv2: 8 rows of two vectors) unrolls its rows too: the
+        // per-row loop and address work would otherwise be a third of its instructions.
+        let unroll_rows = if unroll_cols == LoopKind::Unroll && rows * full <= UNROLL_PLANE {
+            LoopKind::Unroll
+        } else {
+            LoopKind::Serial
+        };
+        let rows_cols = for_(y, 0usize, rows, unroll_rows, per_row);
         let mut body = wrap(j, rows_cols);
         if full * 4 < cols {
             body.push(for_(
