@@ -16,7 +16,7 @@ mod numerics;
 mod step;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -176,6 +176,8 @@ struct LayerBufs {
     stats: Vec<f32>,
     /// Per-image sums written by the pool/activation backward kernel.
     sums: Vec<f32>,
+    /// Partial weight gradient of the unit.
+    gw: Vec<f32>,
     /// Partial bias gradient of the unit.
     gb: Vec<f32>,
 }
@@ -219,13 +221,6 @@ pub struct Trainer {
     /// The units' buffers; the first `used` were the last step's.
     units: Vec<Unit>,
     used: usize,
-    /// Per layer and unit, the unit's partial weight gradient. They live outside the units
-    /// so that, once a segment's weight gradients are done, the threads can merge them
-    /// while other units are claimed (see `step::early_merges`).
-    partials: Vec<Vec<Mutex<Vec<f32>>>>,
-    /// Per layer, its merged weight gradient if the step merged it at an exchange instead
-    /// of after the step (`None` for the others).
-    early: Vec<Option<Mutex<Vec<f32>>>>,
     /// Thread time the last step's threads spent not running work.
     last_idle: Duration,
     /// Whether BatchNorm layers keep `z` through the step ([`Trainer::keep_z`]).
@@ -352,11 +347,8 @@ impl Trainer {
                 w_bwd: Vec::new(),
             });
         }
-        let schedule = step::schedule(&plan);
-        let plan_layers = plan.layers.len();
-        let merged_early: Vec<usize> = step::early_merges(&schedule).concat();
         let mut t = Trainer {
-            schedule,
+            schedule: step::schedule(&plan),
             plan,
             jit,
             kernels,
@@ -365,10 +357,6 @@ impl Trainer {
             cfg: cfg.clone(),
             units: Vec::new(),
             used: 0,
-            partials: (0..plan_layers).map(|_| Vec::new()).collect(),
-            early: (0..plan_layers)
-                .map(|i| merged_early.contains(&i).then(|| Mutex::new(Vec::new())))
-                .collect(),
             last_idle: Duration::ZERO,
             keep_z: false,
             z_overwritten: false,
@@ -399,20 +387,6 @@ impl Trainer {
         if self.units.len() < ranges.len() {
             self.units.resize_with(ranges.len(), Unit::default);
         }
-        for (partials, l) in self.partials.iter_mut().zip(&self.plan.layers) {
-            let len = l.weight_shape.iter().product();
-            partials.resize_with(ranges.len().max(partials.len()), || {
-                Mutex::new(vec![0.0; len])
-            });
-        }
-        for (early, l) in self.early.iter_mut().zip(&self.plan.layers) {
-            if let Some(e) = early {
-                let len = l.weight_shape.iter().product();
-                e.get_mut()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .resize(len, 0.0);
-            }
-        }
         for (unit, &(n0, n1)) in self.units.iter_mut().zip(&ranges) {
             unit.range = (n0, n1);
             let images = n1 - n0;
@@ -441,6 +415,7 @@ impl Trainer {
                 },
                 stats: vec![0.0; 3 * l.channels],
                 sums: vec![0.0; images * pool_act_back_sums(l.channels, l.bn.is_some())],
+                gw: vec![0.0; l.weight_shape.iter().product()],
                 gb: vec![0.0; l.channels],
             };
             unit.layers = self.plan.layers.iter().map(make).collect();
@@ -536,12 +511,6 @@ impl Trainer {
                 .map(|_| (0..units).map(|_| AtomicBool::new(false)).collect())
                 .collect(),
             ex: Exchange::new(threads, units),
-            partials: &self.partials,
-            early: &self.early,
-            early_merges: step::early_merges(&self.schedule),
-            next_chunk: (0..self.plan.layers.len())
-                .map(|_| AtomicUsize::new(0))
-                .collect(),
             keep_z: self.keep_z,
             busy_ns: AtomicU64::new(0),
             prof,
@@ -584,28 +553,18 @@ impl Trainer {
     fn finish_step(&mut self, merged: &Merged) {
         let units = &self.units[..self.used];
         for (i, (lp, l)) in self.layers.iter_mut().zip(&self.plan.layers).enumerate() {
-            let grad = &mut self.sgd.params[lp.weight].grad;
-            match &mut self.early[i] {
-                // Merged at an exchange during the step: take it, leave the old buffer.
-                Some(early) => {
-                    std::mem::swap(grad, early.get_mut().unwrap_or_else(|e| e.into_inner()))
-                }
-                None => {
-                    let parts: Vec<&[f32]> = self.partials[i][..self.used]
-                        .iter_mut()
-                        .map(|p| p.get_mut().unwrap_or_else(|e| e.into_inner()).as_slice())
-                        .collect();
-                    *grad = step::sum_in_unit_order(&parts);
-                }
-            }
-            if let Some(bi) = lp.bias {
-                let mut acc = units[0].layers[i].gb.clone();
+            let sum = |f: &dyn Fn(&LayerBufs) -> &Vec<f32>| -> Vec<f32> {
+                let mut acc = f(&units[0].layers[i]).clone();
                 for unit in &units[1..] {
-                    for (a, x) in acc.iter_mut().zip(&unit.layers[i].gb) {
+                    for (a, x) in acc.iter_mut().zip(f(&unit.layers[i])) {
                         *a += x;
                     }
                 }
-                self.sgd.params[bi].grad = acc;
+                acc
+            };
+            self.sgd.params[lp.weight].grad = sum(&|b| &b.gw);
+            if let Some(bi) = lp.bias {
+                self.sgd.params[bi].grad = sum(&|b| &b.gb);
             }
             if let (Some((gamma, beta, rm, rv)), Some(bn), Some(stats), Some(sums)) =
                 (&mut lp.bn, &l.bn, &merged.stats[i], &merged.sums[i])

@@ -5,9 +5,8 @@
 //! Shape inference already refuses any single tensor with more than 2^31 elements per
 //! image; that still lets through models whose tensors, times the batch and the number of
 //! buffers a training step keeps, need hundreds of gigabytes. The estimate counts what the
-//! [`Trainer`](super::Trainer) holds: each trainable tensor three times (value, gradient,
-//! momentum), each weight two or three times more (the two layouts the kernels read, and
-//! the buffer its gradient is merged into during a step), the saved activations and gradients of
+//! [`Trainer`](super::Trainer) holds: each trainable tensor five times (value, gradient,
+//! momentum, and the two layouts the kernels read), the saved activations and gradients of
 //! every layer for the whole batch, and per unit of the batch its partial weight
 //! gradients. The dataset and the inference model used for evaluation are not counted.
 
@@ -47,9 +46,8 @@ pub fn footprint(model: &Graph, cfg: &TrainConfig) -> Result<Footprint, TrainErr
 /// The footprint of `plan` under `cfg`, refused above [`MAX_TRAIN_BYTES`].
 pub(super) fn check(plan: &TrainPlan, cfg: &TrainConfig) -> Result<Footprint, TrainError> {
     let units = super::step::partition(cfg.batch.max(1)).len() as u128;
-    let early = super::step::early_merges(&super::step::schedule(plan)).concat();
     let (mut params, mut per_image, mut per_unit) = (0u128, 0u128, 0u128);
-    for (i, l) in plan.layers.iter().enumerate() {
+    for l in &plan.layers {
         let c = l.channels as u128;
         let weight: u128 = l.weight_shape.iter().map(|&d| d as u128).product();
         let bias = if l.bias.is_some() { c } else { 0 };
@@ -57,10 +55,6 @@ pub(super) fn check(plan: &TrainPlan, cfg: &TrainConfig) -> Result<Footprint, Tr
         // Value, gradient and momentum of every trainable tensor; the weight twice more in
         // the kernels' layouts; running mean and variance.
         params += 3 * (weight + bias + bn) + 2 * weight + bn;
-        // Where the step merges the weight gradient at an exchange (`step::early_merges`).
-        if early.contains(&i) {
-            params += weight;
-        }
         let (z, out) = (l.z_len as u128, l.out_len as u128);
         // z (BatchNorm only), a, d_z; d_out; the pooled output. A BatchNorm layer writes
         // `dz` over `z` unless the trainer keeps `z` (`Trainer::keep_z`), so its `d_z` is

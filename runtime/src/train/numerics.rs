@@ -261,9 +261,9 @@ impl Trainer {
             let Some(p) = index.map(|k| &self.sgd.params[k]) else {
                 continue;
             };
-            for (unit, partial) in self.units[..self.used].iter().zip(&self.partials[i]) {
-                let gw = partial.lock().unwrap_or_else(|e| e.into_inner());
-                let data = if is_bias { &unit.layers[i].gb } else { &gw };
+            for unit in &self.units[..self.used] {
+                let lb = &unit.layers[i];
+                let data = if is_bias { &lb.gb } else { &lb.gw };
                 found(data, || Site::ParamGradient {
                     param: p.name.clone(),
                     by: l.nodes.linear.clone(),

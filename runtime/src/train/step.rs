@@ -20,14 +20,8 @@
 //! small unit for the other. A thread first claims, most recent first, the units it ran in
 //! the previous segment, whose buffers are still in its cache; which thread runs a unit
 //! changes nothing in the result.
-//!
-//! Weight gradients are per-unit partials too, added in unit order. Where an exchange ends
-//! the segment that computed a layer's partials (LeNet-BN's dense layers), the threads add
-//! them right after that exchange, each taking chunks of the weight ([`early_merges`]),
-//! while the partials are still in the caches; the others are added in the update after
-//! the step, on one thread. Either way each value is `((p0 + p1) + p2) + …`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -194,15 +188,6 @@ pub(super) struct StepCtx<'a> {
     /// Per segment and unit, whether a thread has claimed it.
     pub(super) claimed: Vec<Vec<AtomicBool>>,
     pub(super) ex: Exchange,
-    /// Per layer and unit, the unit's partial weight gradient.
-    pub(super) partials: &'a [Vec<Mutex<Vec<f32>>>],
-    /// Per layer, where its weight gradient is merged during the step, if it is.
-    pub(super) early: &'a [Option<Mutex<Vec<f32>>>],
-    /// Per segment, the layers whose weight gradients are merged after its exchange
-    /// ([`early_merges`]).
-    pub(super) early_merges: Vec<Vec<usize>>,
-    /// Per layer, the next chunk of its early merge to claim.
-    pub(super) next_chunk: Vec<AtomicUsize>,
     /// Whether BatchNorm layers keep `z` ([`super::Trainer::keep_z`]).
     pub(super) keep_z: bool,
     /// Nanoseconds the threads spent running work (summed over threads).
@@ -220,64 +205,12 @@ fn record(prof: &Mutex<Vec<(String, Duration)>>, what: String, time: Duration) {
     }
 }
 
-/// Values per chunk of an early weight-gradient merge: 8 KiB, so a chunk's running sums stay
-/// in L1 while the units' partials stream past.
-const MERGE_CHUNK: usize = 2048;
-
-/// Locks `m`, also if a thread panicked while holding it (the step then fails anyway).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One step of `acc = ((p0 + p1) + p2) + …`, the units' partials added elementwise in unit
-/// order: the first one is copied, the others added.
-fn add_part(acc: &mut [f32], part: &[f32], first: bool) {
-    if first {
-        acc.copy_from_slice(part);
-    } else {
-        for (a, x) in acc.iter_mut().zip(part) {
-            *a += x;
-        }
-    }
-}
-
-/// The units' partials added elementwise in unit order, as [`StepCtx`] merges them early.
-pub(super) fn sum_in_unit_order(parts: &[&[f32]]) -> Vec<f32> {
-    let mut acc = vec![0.0; parts.first().map_or(0, |p| p.len())];
-    for (u, part) in parts.iter().enumerate() {
-        add_part(&mut acc, part, u == 0);
-    }
-    acc
-}
-
-/// Per segment, the layers whose weight gradient the threads merge right after its
-/// exchange: those whose weight-gradient kernel runs in it, when an exchange ends it. Their
-/// partials are then fresh in the caches, and the merge leaves the serial update after the
-/// step; the last segment's are merged in that update as before.
-pub(super) fn early_merges(schedule: &[Segment]) -> Vec<Vec<usize>> {
-    schedule
-        .iter()
-        .map(|s| match s.then {
-            Sync::End => Vec::new(),
-            _ => s
-                .work
-                .iter()
-                .filter_map(|w| match *w {
-                    Work::WeightGrad(i) => Some(i),
-                    _ => None,
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 /// Calls kernel `f` on images `0..n` of the given buffers.
 fn call(f: KernelFn, bufs: &[*mut f32], n: usize) {
     // SAFETY: the trainer owns the JIT module for the whole step; every pointer is a buffer
-    // of the unit this thread has claimed (its partial weight gradient locked for the call),
-    // or a shared read-only weight, coefficient or input slice, sized for at least `n`
-    // images in the layout of the kernel's `buffer_lens`, and no other thread touches it
-    // during the call.
+    // of the unit this thread has claimed (or a shared read-only weight, coefficient or
+    // input slice) sized for at least `n` images in the layout of the kernel's
+    // `buffer_lens`, and no other thread touches it during the call.
     unsafe { f.call(bufs, 0, n) }
 }
 
@@ -352,42 +285,11 @@ impl<'a> StepCtx<'a> {
                 Sync::Sums(i) => self.merge_sums(i, &gather(k), &mut m),
                 Sync::End => {}
             }
-            self.merge_weight_grads(k);
         }
         let busy = start.elapsed().saturating_sub(waited);
         let busy = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
         self.busy_ns.fetch_add(busy, Ordering::Relaxed);
         m
-    }
-
-    /// Merges, with the other threads, the weight gradients whose last partials segment
-    /// `k` wrote (called after its exchange, so every unit's partial is done): each thread
-    /// claims chunks of [`MERGE_CHUNK`] values and adds the units' partials in unit order,
-    /// so the result does not depend on who merged what.
-    fn merge_weight_grads(&self, k: usize) {
-        for &i in &self.early_merges[k] {
-            let Some(early) = &self.early[i] else {
-                continue;
-            };
-            let len = lock(early).len();
-            let units = &self.partials[i][..self.units.len()];
-            self.timed(
-                || format!("bwd {}: weight gradient merge", self.plan.layers[i].name),
-                || loop {
-                    let c = self.next_chunk[i].fetch_add(1, Ordering::Relaxed);
-                    let range = c * MERGE_CHUNK..len.min((c + 1) * MERGE_CHUNK);
-                    if range.is_empty() {
-                        break;
-                    }
-                    let mut acc = [0.0f32; MERGE_CHUNK];
-                    let acc = &mut acc[..range.len()];
-                    for (u, part) in units.iter().enumerate() {
-                        add_part(acc, &lock(part)[range.clone()], u == 0);
-                    }
-                    lock(early)[range].copy_from_slice(acc);
-                },
-            );
-        }
     }
 
     fn merge_stats(&self, i: usize, parts: &[Vec<f64>], m: &mut Merged) {
@@ -527,8 +429,7 @@ impl<'a> StepCtx<'a> {
                 let (l, lk) = (&self.plan.layers[i], &self.kernels[i]);
                 let x = self.input(i, unit);
                 let lb = &mut unit.layers[i];
-                let mut gw = lock(&self.partials[i][u]);
-                let args = [x, self.d_z(i, lb), gw.as_mut_ptr()];
+                let args = [x, self.d_z(i, lb), lb.gw.as_mut_ptr()];
                 self.timed(
                     || format!("bwd {}: weight gradient", l.name),
                     || call(self.fns[lk.grad_w], &args, n),
@@ -666,23 +567,6 @@ mod tests {
                 "[BnDx(0), WeightGrad(1), WeightGrad(0)] -> End",
             ]
         );
-    }
-
-    /// LeNet-BN's fully connected weight gradients are merged at the exchange after the
-    /// segment that computed them (`WeightGrad(4)`, `(3)`, `(2)` in segments 5, 6 and 7);
-    /// the convolutions', in the last segment, after the step. Plain LeNet has one segment,
-    /// so nothing is merged early.
-    #[test]
-    fn weight_gradients_merge_at_the_exchange_after_them() {
-        let plan =
-            |src: &str| super::super::train_plan(&bnc_compiler::text::parse(src).unwrap()).unwrap();
-        let bn = early_merges(&schedule(&plan(include_str!(
-            "../../../models/lenet_bn.ir"
-        ))));
-        let want: [&[usize]; 9] = [&[], &[], &[], &[], &[], &[4], &[3], &[2], &[]];
-        assert_eq!(bn, want);
-        let plain = early_merges(&schedule(&plan(include_str!("../../../models/lenet.ir"))));
-        assert!(plain.iter().all(Vec::is_empty), "{plain:?}");
     }
 
     /// Units cover the batch in order without gaps, shrink from 64 images to 8, and a
