@@ -188,7 +188,7 @@ impl Source {
             pixel(v(row) + v(x4) * 4usize + v(j), grad),
         ));
         // A small plane (LeNet's conv2: 8 rows of two vectors) unrolls its rows too: the
-        // per-row loop and address work would otherwise be a third of its instructions.
+        // per-row loop and address work would otherwise be about a third of its instructions.
         let unroll_rows = if unroll_cols == LoopKind::Unroll && rows * full <= UNROLL_PLANE {
             LoopKind::Unroll
         } else {
