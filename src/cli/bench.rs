@@ -39,15 +39,52 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// With --mode train: also time this model's step (random weights from the seed),
-    /// alternating step for step with FILE's so that both see the same machine, and report
-    /// FILE's time as a ratio of it: the median and quartiles of the per-repetition ratios
-    /// (e.g. `lenet_bn.ir --baseline lenet.ir`: the cost of BatchNorm).
+    /// taking turns with FILE's so that both see the same machine, and report FILE's time
+    /// as a ratio of it: the median and quartiles of the ratios of steps paired across
+    /// neighbouring turns (e.g. `lenet_bn.ir --baseline lenet.ir`: the cost of BatchNorm).
     #[arg(long, value_name = "B.ir")]
     baseline: Option<PathBuf>,
     /// Threads for the baseline's step (default: --threads); with FILE as its own
     /// baseline, `--threads 2 --baseline-threads 1` measures what the second thread gains.
     #[arg(long, value_name = "N", requires = "baseline", value_parser = clap::value_parser!(u32).range(1..))]
     baseline_threads: Option<u32>,
+    /// With --baseline: consecutive steps each model runs per turn. The first step of a
+    /// turn is not timed: it follows the other model's steps, which no step of a training
+    /// epoch does (its caches hold the other model's buffers, and a worker thread the
+    /// other model left idle starts cold). 2 times every other step.
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "baseline", value_parser = clap::value_parser!(u32).range(2..))]
+    turn: u32,
+}
+
+/// Which model runs a step of a comparison, and whether the step is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Turn {
+    baseline: bool,
+    timed: bool,
+}
+
+/// The steps of a comparison with `reps` timed steps of each model, in turns of `turn`
+/// (at least 2) consecutive steps of one model whose first step is untimed warm-up. The
+/// models alternate which goes first in a round of two turns, so neither is always the
+/// one that follows the other.
+fn turns(reps: usize, turn: usize) -> Vec<Turn> {
+    let timed = turn.max(2) - 1;
+    let rounds = reps.div_ceil(timed);
+    let mut steps = Vec::new();
+    for round in 0..rounds {
+        let left = (reps - round * timed).min(timed);
+        for baseline in [round % 2 == 1, round % 2 == 0] {
+            steps.push(Turn {
+                baseline,
+                timed: false,
+            });
+            steps.extend((0..left).map(|_| Turn {
+                baseline,
+                timed: true,
+            }));
+        }
+    }
+    steps
 }
 
 /// The weights to measure with: the given file, or a random initialization from the seed.
@@ -217,19 +254,35 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         }
     }
     let (mut times, mut idle, mut base_times) = (Vec::new(), Vec::new(), Vec::new());
-    for rep in 0..a.reps {
-        // With a baseline, each repetition times one step of each, in alternating order.
-        let base_first = rep % 2 == 1;
-        if let (true, Some((_, b))) = (base_first, &mut baseline) {
-            base_times.push(step(b)?);
-        }
-        times.push(step(&mut trainer)?);
-        idle.push(trainer.last_idle());
-        if let (false, Some((_, b))) = (base_first, &mut baseline) {
-            base_times.push(step(b)?);
+    let reps = a.reps as usize;
+    let plan = match baseline {
+        Some(_) => turns(reps, a.turn as usize),
+        None => vec![
+            Turn {
+                baseline: false,
+                timed: true
+            };
+            reps
+        ],
+    };
+    for t in plan {
+        match (&mut baseline, t.baseline) {
+            (Some((_, b)), true) => {
+                let time = step(b)?;
+                if t.timed {
+                    base_times.push(time);
+                }
+            }
+            _ => {
+                let time = step(&mut trainer)?;
+                if t.timed {
+                    times.push(time);
+                    idle.push(trainer.last_idle());
+                }
+            }
         }
     }
-    // Per repetition, the step's time over the baseline's right beside it.
+    // The n-th timed step over the baseline's n-th: the same place in neighbouring turns.
     let ratios: Vec<f64> = times
         .iter()
         .zip(&base_times)
@@ -275,7 +328,8 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         });
         if let Some((name, t, [q1, ratio, q3])) = &base {
             obj["baseline"] = serde_json::json!({
-                "model": name, "threads": base_threads, "us_per_step": t.as_secs_f64() * 1e6,
+                "model": name, "threads": base_threads, "turn": a.turn,
+                "us_per_step": t.as_secs_f64() * 1e6,
                 "images_per_s": batch as f64 / t.as_secs_f64().max(1e-12),
                 "ratio": ratio, "ratio_q1": q1, "ratio_q3": q3,
             });
@@ -291,11 +345,12 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         println!("epoch of 60000 images at this rate: {:.2} s", 60000.0 / ips);
         if let Some((name, t, [q1, ratio, q3])) = &base {
             println!(
-                "baseline {name} on {} thread(s): {:.1} ms per step (median, steps alternated \
-                 with the above); ratio {ratio:.3} (median over the repetitions of step / \
-                 baseline step; quartiles {q1:.3}-{q3:.3})",
+                "baseline {name} on {} thread(s): {:.1} ms per step (median, in turns of {} \
+                 steps with the above, the first untimed); ratio {ratio:.3} (median over \
+                 paired steps of step / baseline step; quartiles {q1:.3}-{q3:.3})",
                 base_threads.unwrap_or(threads),
                 t.as_secs_f64() * 1e3,
+                a.turn,
             );
         }
         println!(
@@ -311,4 +366,46 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each model gets `reps` timed steps; every timed step follows a step of the same
+    /// model; turns alternate between the models and so does which goes first.
+    #[test]
+    fn comparison_turns() {
+        for (reps, turn) in [(1, 2), (3, 2), (40, 4), (7, 4), (10, 5)] {
+            let steps = turns(reps, turn);
+            for baseline in [false, true] {
+                let timed = steps.iter().filter(|t| t.baseline == baseline && t.timed);
+                assert_eq!(timed.count(), reps, "reps {reps} turn {turn}");
+            }
+            assert!(!steps[0].timed);
+            for w in steps.windows(2) {
+                if w[1].timed {
+                    assert_eq!(w[0].baseline, w[1].baseline, "{steps:?}");
+                }
+            }
+            let starts: Vec<bool> = steps
+                .iter()
+                .filter(|t| !t.timed)
+                .map(|t| t.baseline)
+                .collect();
+            assert_eq!(starts.len(), 2 * reps.div_ceil(turn - 1));
+            // Rounds of two turns: the model first in one round is second in the next.
+            for (r, pair) in starts.chunks(2).enumerate() {
+                assert_eq!(pair, [r % 2 == 1, r % 2 == 0], "{steps:?}");
+            }
+        }
+        let per_step = turns(3, 2);
+        let want = [
+            false, false, true, true, true, true, false, false, false, false, true, true,
+        ];
+        assert_eq!(
+            per_step.iter().map(|t| t.baseline).collect::<Vec<_>>(),
+            want
+        );
+    }
 }
