@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{bnc, fails, ok};
+use common::{bnc, fails, ok, stderr};
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("bnc-cli-run-{}-{name}", std::process::id()))
@@ -344,6 +344,7 @@ fn bench_train_against_a_baseline() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     let b = &v["baseline"];
     assert_eq!(b["model"], "models/lenet.ir", "{json}");
+    assert_eq!(b["turn"], 4, "the default turn: {json}");
     assert!(v["us_per_step"].as_f64().unwrap() > 0.0, "{json}");
     assert!(b["us_per_step"].as_f64().unwrap() > 0.0, "{json}");
     let ratio = b["ratio"].as_f64().unwrap();
@@ -354,11 +355,28 @@ fn bench_train_against_a_baseline() {
         b["ratio_q3"].as_f64().unwrap(),
     );
     assert!(0.0 < q1 && q1 <= ratio && ratio <= q3, "{json}");
-    let text = bench_train("1", &["--baseline", "models/lenet.ir"]);
+    let text = bench_train("1", &["--baseline", "models/lenet.ir", "--turn", "2"]);
     assert!(
-        text.contains("baseline models/lenet.ir on 2 thread(s):") && text.contains("quartiles"),
+        text.contains("baseline models/lenet.ir on 2 thread(s):")
+            && text.contains("in turns of 2 steps")
+            && text.contains("quartiles"),
         "{text}"
     );
+    // A turn must hold a timed step after its untimed first one, and turns need a baseline.
+    for (args, want) in [
+        (
+            &["--baseline", "models/lenet.ir", "--turn", "1"][..],
+            "--turn",
+        ),
+        (&["--turn", "3"][..], "--baseline"),
+    ] {
+        let mut all = vec!["bench", "models/lenet_bn.ir", "--mode", "train"];
+        all.extend(args);
+        let o = bnc(&all);
+        // A usage error: clap's exit code 2, and the message names the flag.
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    }
     // The model against itself on one thread: what the second thread gains.
     let json = bench_train(
         "2",
