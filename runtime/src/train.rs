@@ -10,6 +10,7 @@
 //! So the result depends only on the inputs and the parameters, not on the thread count
 //! (`step` has the details).
 
+mod arena;
 mod exchange;
 mod footprint;
 mod numerics;
@@ -33,6 +34,7 @@ use bnc_compiler::passes::{Mode, PassError, PassManager};
 use crate::sgd::{Sgd, SgdParam};
 use crate::weights::{ParamStore, WeightsError};
 use crate::workers::workers;
+use arena::{Arena, Span};
 use exchange::Exchange;
 use step::{Merged, Segment, StepCtx, Unit};
 
@@ -159,19 +161,20 @@ struct LayerParams {
     w_bwd: Vec<f32>,
 }
 
-/// One unit's buffers for one layer, sized for the unit's capacity in images.
+/// One unit's buffers for one layer, sized for the unit's capacity in images. The
+/// activations and gradients are spans of the trainer's [`Arena`].
 #[derive(Debug, Default)]
 struct LayerBufs {
     /// Linear output before BatchNorm (BatchNorm layers only).
-    z: Vec<f32>,
+    z: Span,
     /// Activation output (before the pool).
-    a: Vec<f32>,
+    a: Span,
     /// Pooled output (pooled layers only).
-    p: Vec<f32>,
+    p: Span,
     /// Gradient with respect to the layer output.
-    d_out: Vec<f32>,
+    d_out: Span,
     /// Gradient with respect to the linear output.
-    d_z: Vec<f32>,
+    d_z: Span,
     /// Statistics written by the linear kernel.
     stats: Vec<f32>,
     /// Per-image sums written by the pool/activation backward kernel.
@@ -221,6 +224,10 @@ pub struct Trainer {
     /// The units' buffers; the first `used` were the last step's.
     units: Vec<Unit>,
     used: usize,
+    /// The memory of the units' activations and gradients.
+    arena: Arena,
+    /// Whether that memory is advised as huge pages ([`Trainer::huge_pages`]).
+    huge_pages: bool,
     /// Thread time the last step's threads spent not running work.
     last_idle: Duration,
     /// Whether BatchNorm layers keep `z` through the step ([`Trainer::keep_z`]).
@@ -357,6 +364,8 @@ impl Trainer {
             cfg: cfg.clone(),
             units: Vec::new(),
             used: 0,
+            arena: Arena::empty(),
+            huge_pages: true,
             last_idle: Duration::ZERO,
             keep_z: false,
             z_overwritten: false,
@@ -380,8 +389,10 @@ impl Trainer {
         }
     }
 
-    /// Cuts a batch of `b` images into units, growing any unit's buffers that are too
-    /// small (they never shrink, so the short last batch of an epoch allocates nothing).
+    /// Cuts a batch of `b` images into units. When a unit's buffers are too small, every
+    /// unit's are carved anew from one fresh [`Arena`], each unit sized for the larger of
+    /// its old capacity and its new range (so capacities never shrink, and the short last
+    /// batch of an epoch allocates nothing).
     fn alloc(&mut self, b: usize) {
         let ranges = step::partition(b);
         if self.units.len() < ranges.len() {
@@ -389,39 +400,61 @@ impl Trainer {
         }
         for (unit, &(n0, n1)) in self.units.iter_mut().zip(&ranges) {
             unit.range = (n0, n1);
-            let images = n1 - n0;
-            if unit.capacity >= images {
-                continue;
-            }
-            let keep_z = self.keep_z;
-            let make = |l: &TrainLayer| LayerBufs {
-                z: if l.bn.is_some() {
-                    vec![0.0; images * l.z_len]
-                } else {
-                    Vec::new()
-                },
-                a: vec![0.0; images * l.z_len],
-                p: if l.pool.is_some() {
-                    vec![0.0; images * l.out_len]
-                } else {
-                    Vec::new()
-                },
-                d_out: vec![0.0; images * l.out_len],
-                // A BatchNorm layer with a `PoolActBack` writes `dz` over `z`.
-                d_z: if dz_in_z(l, keep_z) {
-                    Vec::new()
-                } else {
-                    vec![0.0; images * l.z_len]
-                },
-                stats: vec![0.0; 3 * l.channels],
-                sums: vec![0.0; images * pool_act_back_sums(l.channels, l.bn.is_some())],
-                gw: vec![0.0; l.weight_shape.iter().product()],
-                gb: vec![0.0; l.channels],
-            };
-            unit.layers = self.plan.layers.iter().map(make).collect();
-            unit.capacity = images;
         }
         self.used = ranges.len();
+        if self.units[..self.used]
+            .iter()
+            .all(|u| u.capacity >= u.range.1 - u.range.0)
+        {
+            return;
+        }
+        let keep_z = self.keep_z;
+        // Per layer, the floats per image of `z`, `a`, `p`, `d_out` and `d_z`.
+        let per_image: Vec<[usize; 5]> = self
+            .plan
+            .layers
+            .iter()
+            .map(|l| {
+                let bn = if l.bn.is_some() { l.z_len } else { 0 };
+                let pooled = if l.pool.is_some() { l.out_len } else { 0 };
+                // A BatchNorm layer with a `PoolActBack` writes `dz` over `z`.
+                let d_z = if dz_in_z(l, keep_z) { 0 } else { l.z_len };
+                [bn, l.z_len, pooled, l.out_len, d_z]
+            })
+            .collect();
+        let images: Vec<usize> = self
+            .units
+            .iter()
+            .map(|u| u.capacity.max(u.range.1 - u.range.0))
+            .collect();
+        let lens = || {
+            images
+                .iter()
+                .flat_map(|&n| per_image.iter().flatten().map(move |&f| n * f))
+        };
+        let mut arena = Arena::new(Arena::floats(lens()), self.huge_pages);
+        for (unit, &n) in self.units.iter_mut().zip(&images) {
+            unit.layers = self
+                .plan
+                .layers
+                .iter()
+                .zip(&per_image)
+                .map(|(l, &[z, a, p, d_out, d_z])| LayerBufs {
+                    z: arena.take(n * z),
+                    a: arena.take(n * a),
+                    p: arena.take(n * p),
+                    d_out: arena.take(n * d_out),
+                    d_z: arena.take(n * d_z),
+                    stats: vec![0.0; 3 * l.channels],
+                    sums: vec![0.0; n * pool_act_back_sums(l.channels, l.bn.is_some())],
+                    gw: vec![0.0; l.weight_shape.iter().product()],
+                    gb: vec![0.0; l.channels],
+                })
+                .collect();
+            unit.capacity = n;
+        }
+        // Every span of the old arena was replaced above, so it can go.
+        self.arena = arena;
     }
 
     /// One SGD step on a batch: `images` is `f32[b, ...input dims]` flattened, `labels` has
@@ -662,6 +695,20 @@ impl Trainer {
         if keep != self.keep_z {
             self.keep_z = keep;
             // Reallocate, to add or drop the `dz` buffers.
+            self.units.iter_mut().for_each(|u| u.capacity = 0);
+        }
+    }
+
+    /// Whether the units' activations and gradients live in memory advised as transparent
+    /// huge pages (on Linux; the default), or in ordinary 4 KB pages from the global
+    /// allocator. Huge pages spare the step's memory-bound passes most TLB misses, which a
+    /// hypervisor makes dearer; some systems prefer to avoid them (memory held in 2 MB
+    /// blocks, the kernel compacting memory to find them). The results are the same bits
+    /// either way. Takes effect at the next step.
+    pub fn huge_pages(&mut self, on: bool) {
+        if on != self.huge_pages {
+            self.huge_pages = on;
+            // Reallocate, in the other kind of memory.
             self.units.iter_mut().for_each(|u| u.capacity = 0);
         }
     }

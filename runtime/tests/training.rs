@@ -245,35 +245,43 @@ fn biases_before_batch_norm_match_interpreter() {
 /// Five steps from the same seed give bit-identical losses and parameters, run twice on
 /// the same thread count and on one, two or three threads: the batch is cut into units by
 /// its size alone, and every partial is merged in unit order. Keeping `z` for the guard
-/// changes nothing either.
+/// changes nothing either, nor does memory in ordinary pages instead of huge pages. The
+/// batches grow and shrink, so the units' buffers are carved anew in between.
 #[test]
 fn training_is_bit_for_bit_reproducible_on_any_thread_count() {
     let (model, g) = graphs(LENET_BN);
-    let train = |threads, keep_z| {
+    let train = |threads, keep_z, huge| {
         let cfg = TrainConfig {
             lr: 0.5,
             momentum: 0.9,
             weight_decay: 0.0,
             threads,
-            batch: 32,
+            batch: 64,
         };
         let mut t = Trainer::new(&model, to_store(&init_params(&g, 3)), &cfg).unwrap();
         t.keep_z(keep_z);
+        t.huge_pages(huge);
         let mut rng = SplitMix64::new(5);
         let mut losses = Vec::new();
-        for _ in 0..5 {
-            let (images, labels) = batch(&mut rng, 31);
+        for n in [20, 63, 31, 64, 7] {
+            let (images, labels) = batch(&mut rng, n);
             let s = t.step(&images, &labels).unwrap();
             losses.push((s.loss.to_bits(), s.correct));
         }
         (losses, t.params())
     };
     let bits = |t: &Tensor| f32s(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    let (want_losses, want) = train(2, false);
+    let (want_losses, want) = train(2, false, true);
     // Keeping `z` (for the numerics guard) moves where `dz` is written, not its bits.
-    for (threads, keep_z) in [(2, false), (1, false), (3, false), (2, true)] {
-        let (losses, got) = train(threads, keep_z);
-        let run = format!("{threads} thread(s), keep_z {keep_z}");
+    for (threads, keep_z, huge) in [
+        (2, false, true),
+        (1, false, true),
+        (3, false, true),
+        (2, true, true),
+        (2, false, false),
+    ] {
+        let (losses, got) = train(threads, keep_z, huge);
+        let run = format!("{threads} thread(s), keep_z {keep_z}, huge pages {huge}");
         assert_eq!(losses, want_losses, "losses on {run}");
         for (name, t) in want.iter() {
             assert_eq!(bits(t), bits(got.get(name).unwrap()), "{name} on {run}");
