@@ -467,7 +467,22 @@ impl Trainer {
     /// label ([`TrainError::Images`]), and a label outside `0..classes`
     /// ([`TrainError::Label`]).
     pub fn step(&mut self, images: &[f32], labels: &[i32]) -> Result<StepStats, TrainError> {
-        self.step_with(images, labels, None)
+        self.step_with(images, labels, None, None)
+    }
+
+    /// Runs one SGD step like [`Trainer::step`], and `meanwhile` (for instance, gathering
+    /// the next batch) on a worker thread while the caller's thread applies the update, the
+    /// part of a step that runs on one thread; on one thread, `meanwhile` runs after the
+    /// step. Nothing runs it if the batch is refused. The step's results do not depend on
+    /// it: it must not touch what the step reads (`images`, `labels`), which the borrows
+    /// already forbid.
+    pub fn step_and(
+        &mut self,
+        images: &[f32],
+        labels: &[i32],
+        meanwhile: &mut (dyn FnMut() + Send),
+    ) -> Result<StepStats, TrainError> {
+        self.step_with(images, labels, None, Some(meanwhile))
     }
 
     /// Runs one SGD step like [`Trainer::step`] but on one thread, timing each phase: per
@@ -481,7 +496,7 @@ impl Trainer {
         let threads = self.cfg.threads;
         self.cfg.threads = 1;
         let prof = Mutex::new(Vec::new());
-        let result = self.step_with(images, labels, Some(&prof));
+        let result = self.step_with(images, labels, Some(&prof), None);
         self.cfg.threads = threads;
         result?;
         Ok(prof.into_inner().unwrap_or_else(|e| e.into_inner()))
@@ -492,6 +507,7 @@ impl Trainer {
         images: &[f32],
         labels: &[i32],
         prof: Option<&Mutex<Vec<(String, Duration)>>>,
+        meanwhile: Option<&mut (dyn FnMut() + Send)>,
     ) -> Result<StepStats, TrainError> {
         let b = labels.len();
         let per_image: usize = self.plan.input_dims.iter().product();
@@ -569,7 +585,24 @@ impl Trainer {
         let loss: f64 = done.iter().map(|u| u.loss).sum();
         let correct = done.iter().map(|u| u.correct).sum();
         let start = Instant::now();
-        self.finish_step(&merged);
+        // The update runs on this thread; a worker, idle until the next step, takes
+        // `meanwhile`. The pool is moved out for the scope so that `self` can be borrowed.
+        match (meanwhile, self.pool.take()) {
+            (Some(meanwhile), Some(pool)) if threads > 1 => {
+                pool.in_place_scope(|s| {
+                    s.spawn(move |_| meanwhile());
+                    self.finish_step(&merged);
+                });
+                self.pool = Some(pool);
+            }
+            (meanwhile, pool) => {
+                self.pool = pool;
+                self.finish_step(&merged);
+                if let Some(meanwhile) = meanwhile {
+                    meanwhile();
+                }
+            }
+        }
         if let Some(p) = prof {
             p.lock().unwrap_or_else(|e| e.into_inner()).push((
                 "update (merge, running stats, SGD, repack)".into(),

@@ -289,6 +289,51 @@ fn training_is_bit_for_bit_reproducible_on_any_thread_count() {
     }
 }
 
+/// `step_and` runs its work once per step: on a worker thread, beside the update, when
+/// the step has one, else on the caller's thread; the step's bits are `step`'s; a refused
+/// batch runs nothing.
+#[test]
+fn step_and_runs_its_work_once_beside_the_update() {
+    let (model, g) = graphs(LENET_BN);
+    for threads in [1, 2] {
+        let cfg = TrainConfig {
+            lr: 0.5,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            threads,
+            batch: 32,
+        };
+        let fresh = || Trainer::new(&model, to_store(&init_params(&g, 3)), &cfg).unwrap();
+        let (mut plain, mut with) = (fresh(), fresh());
+        let mut rng = SplitMix64::new(5);
+        let caller = std::thread::current().id();
+        for _ in 0..3 {
+            let (images, labels) = batch(&mut rng, 32);
+            let want = plain.step(&images, &labels).unwrap();
+            let mut ran = Vec::new();
+            let got = with
+                .step_and(&images, &labels, &mut || {
+                    ran.push(std::thread::current().id())
+                })
+                .unwrap();
+            assert_eq!(
+                (got.loss.to_bits(), got.correct),
+                (want.loss.to_bits(), want.correct)
+            );
+            assert_eq!(ran.len(), 1, "{threads} thread(s)");
+            assert_eq!(ran[0] == caller, threads == 1, "{threads} thread(s)");
+        }
+        for (name, t) in plain.params().iter() {
+            assert_eq!(f32s(t), f32s(with.params().get(name).unwrap()), "{name}");
+        }
+        let (images, mut labels) = batch(&mut rng, 32);
+        labels[3] = 10;
+        let mut ran = false;
+        assert!(with.step_and(&images, &labels, &mut || ran = true).is_err());
+        assert!(!ran, "a refused batch ran the work");
+    }
+}
+
 /// A wrong batch or label is refused with a typed error, not a panic.
 #[test]
 fn bad_batches_are_refused() {

@@ -194,7 +194,10 @@ pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
         "epoch", "train loss", "train acc", "test acc", "seconds", "images/s"
     );
     state.metrics.iter().for_each(print_row);
+    // The batch being trained on, and the next one, gathered by a worker thread while the
+    // step's update runs on this one (`Trainer::step_and`).
     let (mut images, mut labels) = (Vec::new(), Vec::new());
+    let (mut next_images, mut next_labels) = (Vec::new(), Vec::new());
     let every = a.checkpoint_every.unwrap_or(u64::MAX);
     for epoch in state.progress.epochs_done + 1..=recipe.epochs {
         let mut batches = train.shuffled_batches(batch, recipe.seed, u64::from(epoch - 1));
@@ -215,8 +218,15 @@ pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut paused = Duration::ZERO;
         let seconds_before = state.progress.seconds;
-        while let Some(b) = batches.next_into(&mut images, &mut labels) {
-            let s = trainer.step(&images, &labels)?;
+        let mut batch_len = batches.next_into(&mut images, &mut labels);
+        while let Some(b) = batch_len {
+            let mut next = None;
+            let s = trainer.step_and(&images, &labels, &mut || {
+                next = batches.next_into(&mut next_images, &mut next_labels);
+            })?;
+            batch_len = next;
+            std::mem::swap(&mut images, &mut next_images);
+            std::mem::swap(&mut labels, &mut next_labels);
             let p = &mut state.progress;
             p.step += 1;
             let at = || format!("epoch {epoch}, batch {}", p.step);
@@ -250,7 +260,7 @@ pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
             bar.inc(1);
             bar.set_message(format!("{:.4}", p.loss_sum / p.seen as f64));
             if p.step % every == 0
-                && batches.len() > 0
+                && batch_len.is_some()
                 && let Some(path) = &a.checkpoint
             {
                 state.progress.seconds = seconds_before + (start.elapsed() - paused).as_secs_f64();
