@@ -1,11 +1,14 @@
 //! Training throughput: 20 SGD steps at batch 256 on random Fashion-MNIST-shaped data, for
-//! LeNet-BN and LeNet on one and two threads (an epoch is 235 steps).
+//! LeNet-BN and LeNet on one and two threads (an epoch is 235 steps); and the training
+//! loop over the real data's first 40 shuffled batches, gathering each batch after the
+//! step (`step`) or on the worker during the update (`step_and`, as `bnc train` does).
 
 use std::hint::black_box;
 
 use bnc_compiler::interp::{SplitMix64, init_params};
 use bnc_compiler::passes::{Mode, PassManager};
 use bnc_compiler::text::parse;
+use bnc_runtime::data::{DEFAULT_DIR, Split, load};
 use bnc_runtime::train::{TrainConfig, Trainer};
 use bnc_runtime::weights::ParamStore;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -55,5 +58,44 @@ fn train_steps(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_steps);
+/// The first 40 batches of epoch 1 on the installed Fashion-MNIST, LeNet-BN on two
+/// threads: gathering each batch between steps against gathering it beside the update.
+fn train_loop(c: &mut Criterion) {
+    let Ok(data) = load(std::path::Path::new(DEFAULT_DIR), Split::Train) else {
+        eprintln!("train_loop: no Fashion-MNIST in {DEFAULT_DIR} (scripts/install-data); skipped");
+        return;
+    };
+    let size = std::num::NonZeroUsize::new(256).expect("nonzero");
+    let mut group = c.benchmark_group("train_loop_40_batches");
+    group.sample_size(10);
+    let mut t = trainer(include_str!("../models/lenet_bn.ir"), 2);
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    let (mut next_images, mut next_labels) = (Vec::new(), Vec::new());
+    group.bench_function("lenet_bn/2t/step", |b| {
+        b.iter(|| {
+            let mut batches = data.shuffled_batches(size, 0, 0);
+            for _ in 0..40 {
+                batches.next_into(&mut images, &mut labels);
+                black_box(t.step(&images, &labels).expect("step"));
+            }
+        })
+    });
+    group.bench_function("lenet_bn/2t/step_and", |b| {
+        b.iter(|| {
+            let mut batches = data.shuffled_batches(size, 0, 0);
+            batches.next_into(&mut images, &mut labels);
+            for _ in 0..40 {
+                let s = t.step_and(&images, &labels, &mut || {
+                    batches.next_into(&mut next_images, &mut next_labels);
+                });
+                black_box(s.expect("step"));
+                std::mem::swap(&mut images, &mut next_images);
+                std::mem::swap(&mut labels, &mut next_labels);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, train_steps, train_loop);
 criterion_main!(benches);
