@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{bnc, fails, ok, stderr};
+use common::{TempDir, bnc, fails, ok, stderr, tiny_dataset};
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("bnc-cli-run-{}-{name}", std::process::id()))
@@ -334,6 +334,57 @@ fn bench_train(reps: &str, extra: &[&str]) -> String {
     ];
     args.extend(extra);
     ok(&args)
+}
+
+/// `--epochs N` times whole epochs over the training images of `--data` (each model one
+/// epoch per turn with a baseline), reports them per step, and names a missing dataset.
+#[test]
+fn bench_train_epochs_on_real_files() {
+    let dir = TempDir::new("bench-epochs");
+    // 40 images: three batches of 16 per epoch, the last one short.
+    tiny_dataset(dir.path(), 40, 8);
+    let data = dir.path().to_str().unwrap();
+    let json = bench_train(
+        "1",
+        &[
+            "--epochs",
+            "2",
+            "--data",
+            data,
+            "--baseline",
+            "models/lenet.ir",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["epochs"], 2, "{json}");
+    assert!(v["us_per_step"].as_f64().unwrap() > 0.0, "{json}");
+    let ratio = v["baseline"]["ratio"].as_f64().unwrap();
+    assert!(ratio.is_finite() && ratio > 0.0, "{json}");
+    let text = bench_train("1", &["--epochs", "1", "--data", data]);
+    assert!(
+        text.contains(&format!("median of 1 epoch(s) over {data}")),
+        "{text}"
+    );
+    let e = fails(&[
+        "bench",
+        "models/lenet_bn.ir",
+        "--mode",
+        "train",
+        "--epochs",
+        "1",
+        "--data",
+        "/nonexistent-bnc-data",
+    ]);
+    assert!(
+        e.contains("/nonexistent-bnc-data") && e.contains("apt-get install dataset-fashion-mnist"),
+        "{e}"
+    );
+    let e = fails(&["bench", "models/lenet_bn.ir", "--epochs", "1"]);
+    assert!(
+        e.contains("--epochs times training epochs; add --mode train"),
+        "{e}"
+    );
 }
 
 /// `--baseline` times a second model's step beside each step of the first and reports the

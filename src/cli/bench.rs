@@ -1,6 +1,7 @@
 //! `bnc bench`: images/s (median of repeated runs after warm-up), the time from text to
 //! native code, and per-kernel times, on random inputs and random (or given) weights.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use clap::Args;
 
 use bnc::compiler::Tensor;
 use bnc::compiler::interp::{SplitMix64, init_params};
+use bnc::runtime::data::{DEFAULT_DIR, Dataset, Split, load};
 use bnc::runtime::model::{CompileConfig, InferenceModel};
 use bnc::runtime::train::{TrainConfig, Trainer};
 use bnc::runtime::weights::ParamStore;
@@ -52,8 +54,46 @@ pub struct BenchArgs {
     /// turn is not timed: it follows the other model's steps, which no step of a training
     /// epoch does (its caches hold the other model's buffers, and a worker thread the
     /// other model left idle starts cold). 2 times every other step.
-    #[arg(long, value_name = "N", default_value_t = 4, requires = "baseline", value_parser = clap::value_parser!(u32).range(2..))]
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "baseline", conflicts_with = "epochs", value_parser = clap::value_parser!(u32).range(2..))]
     turn: u32,
+    /// With --mode train: time N whole epochs over the training images of --data instead
+    /// of single steps on random data, gathering each next batch beside the update as
+    /// `bnc train` does (reported per step: the epoch's time over its batches). With
+    /// --baseline the models take turns of one epoch, and the ratios are of paired epochs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: Option<u32>,
+    /// Where the Fashion-MNIST files are, for --epochs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR, requires = "epochs")]
+    data: PathBuf,
+}
+
+/// Trains `t` for one epoch over `data` (shuffled as `bnc train` shuffles epoch `epoch`
+/// of a run seeded with `seed`), gathering each next batch beside the step's update;
+/// returns the time per step.
+fn epoch(
+    t: &mut Trainer,
+    data: &Dataset,
+    batch: NonZeroUsize,
+    seed: u64,
+    epoch: u64,
+) -> anyhow::Result<Duration> {
+    let mut batches = data.shuffled_batches(batch, seed, epoch);
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    let (mut next_images, mut next_labels) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    let mut steps = 0u32;
+    let mut have = batches.next_into(&mut images, &mut labels);
+    while have.is_some() {
+        let mut next = None;
+        std::hint::black_box(t.step_and(&images, &labels, &mut || {
+            next = batches.next_into(&mut next_images, &mut next_labels);
+        })?);
+        have = next;
+        std::mem::swap(&mut images, &mut next_images);
+        std::mem::swap(&mut labels, &mut next_labels);
+        steps += 1;
+    }
+    Ok(start.elapsed() / steps.max(1))
 }
 
 /// Which model runs a step of a comparison, and whether the step is timed.
@@ -117,6 +157,9 @@ pub fn run(a: BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     }
     if a.baseline.is_some() {
         anyhow::bail!("--baseline compares training steps; add --mode train");
+    }
+    if a.epochs.is_some() {
+        anyhow::bail!("--epochs times training epochs; add --mode train");
     }
     let file = a.file.display().to_string();
     let (batch, threads) = (a.exec.batch as usize, a.exec.threads as usize);
@@ -255,7 +298,25 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
     }
     let (mut times, mut idle, mut base_times) = (Vec::new(), Vec::new(), Vec::new());
     let reps = a.reps as usize;
+    if let Some(n) = a.epochs {
+        let data = load(&a.data, Split::Train)?;
+        let size = NonZeroUsize::new(batch).unwrap_or(NonZeroUsize::MIN);
+        for round in 0..u64::from(n) {
+            // One epoch of each, which goes first alternating with the round.
+            for base in [round % 2 == 1, round % 2 == 0] {
+                match (&mut baseline, base) {
+                    (Some((_, b)), true) => base_times.push(epoch(b, &data, size, a.seed, round)?),
+                    (None, true) => {}
+                    _ => {
+                        times.push(epoch(&mut trainer, &data, size, a.seed, round)?);
+                        idle.push(trainer.last_idle());
+                    }
+                }
+            }
+        }
+    }
     let plan = match baseline {
+        _ if a.epochs.is_some() => Vec::new(),
         Some(_) => turns(reps, a.turn as usize),
         None => vec![
             Turn {
@@ -326,6 +387,9 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
             "idle_us_per_step": idle.as_secs_f64() * 1e6,
             "compile_ms": compile_ms, "kernels": ks,
         });
+        if let Some(n) = a.epochs {
+            obj["epochs"] = n.into();
+        }
         if let Some((name, t, [q1, ratio, q3])) = &base {
             obj["baseline"] = serde_json::json!({
                 "model": name, "threads": base_threads, "turn": a.turn,
@@ -337,20 +401,28 @@ fn train(a: &BenchArgs, v: Verbosity) -> anyhow::Result<()> {
         println!("{obj}");
     } else {
         println!("{file}: training step, batch {batch}, {threads} thread(s)");
+        let (of, turns) = match a.epochs {
+            Some(n) => (
+                format!("{n} epoch(s) over {}", a.data.display()),
+                "turns of one epoch".to_string(),
+            ),
+            None => (
+                a.reps.to_string(),
+                format!("turns of {} steps, the first untimed,", a.turn),
+            ),
+        };
         println!(
-            "images/s: {ips:.0} ({:.1} ms per step, median of {})",
+            "images/s: {ips:.0} ({:.1} ms per step, median of {of})",
             per_step.as_secs_f64() * 1e3,
-            a.reps
         );
         println!("epoch of 60000 images at this rate: {:.2} s", 60000.0 / ips);
         if let Some((name, t, [q1, ratio, q3])) = &base {
             println!(
-                "baseline {name} on {} thread(s): {:.1} ms per step (median, in turns of {} \
-                 steps with the above, the first untimed); ratio {ratio:.3} (median over \
-                 paired steps of step / baseline step; quartiles {q1:.3}-{q3:.3})",
+                "baseline {name} on {} thread(s): {:.1} ms per step (median, in {turns} with \
+                 the above); ratio {ratio:.3} (median over paired steps or epochs of FILE's \
+                 / the baseline's; quartiles {q1:.3}-{q3:.3})",
                 base_threads.unwrap_or(threads),
                 t.as_secs_f64() * 1e3,
-                a.turn,
             );
         }
         println!(
