@@ -63,7 +63,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     epochs: Option<u32>,
     /// Where the Fashion-MNIST files are, for --epochs.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR, requires = "epochs")]
+    #[arg(long, default_value = DEFAULT_DIR, requires = "epochs")]
     data: PathBuf,
 }
 
