@@ -9,7 +9,7 @@ use bnc_compiler::interp::{SplitMix64, init_params};
 use bnc_compiler::passes::{Mode, PassManager};
 use bnc_compiler::text::parse;
 use bnc_runtime::data::{DEFAULT_DIR, Split, load};
-use bnc_runtime::train::{TrainConfig, Trainer};
+use bnc_runtime::train::{Feed, TrainConfig, Trainer};
 use bnc_runtime::weights::ParamStore;
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -70,7 +70,6 @@ fn train_loop(c: &mut Criterion) {
     group.sample_size(10);
     let mut t = trainer(include_str!("../models/lenet_bn.ir"), 2);
     let (mut images, mut labels) = (Vec::new(), Vec::new());
-    let (mut next_images, mut next_labels) = (Vec::new(), Vec::new());
     group.bench_function("lenet_bn/2t/step", |b| {
         b.iter(|| {
             let mut batches = data.shuffled_batches(size, 0, 0);
@@ -82,15 +81,12 @@ fn train_loop(c: &mut Criterion) {
     });
     group.bench_function("lenet_bn/2t/step_and", |b| {
         b.iter(|| {
-            let mut batches = data.shuffled_batches(size, 0, 0);
-            batches.next_into(&mut images, &mut labels);
+            let mut feed = Feed::new(data.shuffled_batches(size, 0, 0));
             for _ in 0..40 {
-                let s = t.step_and(&images, &labels, &mut || {
-                    batches.next_into(&mut next_images, &mut next_labels);
-                });
-                black_box(s.expect("step"));
-                std::mem::swap(&mut images, &mut next_images);
-                std::mem::swap(&mut labels, &mut next_labels);
+                let Some(result) = feed.step(&mut t) else {
+                    break;
+                };
+                black_box(result.expect("step"));
             }
         })
     });

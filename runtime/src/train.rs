@@ -12,6 +12,7 @@
 
 mod arena;
 mod exchange;
+mod feed;
 mod footprint;
 mod numerics;
 mod step;
@@ -36,6 +37,7 @@ use crate::weights::{ParamStore, WeightsError};
 use crate::workers::workers;
 use arena::{Arena, Span};
 use exchange::Exchange;
+pub use feed::Feed;
 use step::{Merged, Segment, StepCtx, Unit};
 
 pub use footprint::{Footprint, MAX_TRAIN_BYTES, footprint};

@@ -12,7 +12,7 @@ use bnc::compiler::Tensor;
 use bnc::compiler::interp::{SplitMix64, init_params};
 use bnc::runtime::data::{DEFAULT_DIR, Dataset, Split, load};
 use bnc::runtime::model::{CompileConfig, InferenceModel};
-use bnc::runtime::train::{TrainConfig, Trainer};
+use bnc::runtime::train::{Feed, TrainConfig, Trainer};
 use bnc::runtime::weights::ParamStore;
 
 use super::infer::typed_model;
@@ -77,20 +77,11 @@ fn epoch(
     seed: u64,
     epoch: u64,
 ) -> anyhow::Result<Duration> {
-    let mut batches = data.shuffled_batches(batch, seed, epoch);
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
-    let (mut next_images, mut next_labels) = (Vec::new(), Vec::new());
+    let mut feed = Feed::new(data.shuffled_batches(batch, seed, epoch));
     let start = Instant::now();
     let mut steps = 0u32;
-    let mut have = batches.next_into(&mut images, &mut labels);
-    while have.is_some() {
-        let mut next = None;
-        std::hint::black_box(t.step_and(&images, &labels, &mut || {
-            next = batches.next_into(&mut next_images, &mut next_labels);
-        })?);
-        have = next;
-        std::mem::swap(&mut images, &mut next_images);
-        std::mem::swap(&mut labels, &mut next_labels);
+    while let Some(result) = feed.step(t) {
+        std::hint::black_box(result?);
         steps += 1;
     }
     Ok(start.elapsed() / steps.max(1))

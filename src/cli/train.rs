@@ -23,7 +23,7 @@ use bnc::compiler::Tensor;
 use bnc::runtime::checkpoint::{Checkpoint, EpochMetrics, Progress, TrainState};
 use bnc::runtime::data::{DEFAULT_DIR, Dataset, Split, load};
 use bnc::runtime::model::{CompileConfig, InferenceModel};
-use bnc::runtime::train::Trainer;
+use bnc::runtime::train::{Feed, Trainer};
 
 use super::resume::{Start, start};
 use super::{Verbosity, plot};
@@ -194,15 +194,12 @@ pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
         "epoch", "train loss", "train acc", "test acc", "seconds", "images/s"
     );
     state.metrics.iter().for_each(print_row);
-    // The batch being trained on, and the next one, gathered by a worker thread while the
-    // step's update runs on this one (`Trainer::step_and`).
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
-    let (mut next_images, mut next_labels) = (Vec::new(), Vec::new());
     let every = a.checkpoint_every.unwrap_or(u64::MAX);
     for epoch in state.progress.epochs_done + 1..=recipe.epochs {
         let mut batches = train.shuffled_batches(batch, recipe.seed, u64::from(epoch - 1));
         // Resuming mid-epoch: the shuffle is a function of the seed and the epoch, so
         // skipping the batches already trained on restores the data order.
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
         for _ in 0..state.progress.step {
             batches.next_into(&mut images, &mut labels);
         }
@@ -218,15 +215,10 @@ pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut paused = Duration::ZERO;
         let seconds_before = state.progress.seconds;
-        let mut batch_len = batches.next_into(&mut images, &mut labels);
-        while let Some(b) = batch_len {
-            let mut next = None;
-            let s = trainer.step_and(&images, &labels, &mut || {
-                next = batches.next_into(&mut next_images, &mut next_labels);
-            })?;
-            batch_len = next;
-            std::mem::swap(&mut images, &mut next_images);
-            std::mem::swap(&mut labels, &mut next_labels);
+        // Each next batch is gathered by a worker thread while the step's update runs.
+        let mut feed = Feed::new(batches);
+        while let Some(result) = feed.step(&mut trainer) {
+            let (s, b) = result?;
             let p = &mut state.progress;
             p.step += 1;
             let at = || format!("epoch {epoch}, batch {}", p.step);
@@ -260,7 +252,7 @@ pub fn run(a: TrainArgs, v: Verbosity) -> anyhow::Result<()> {
             bar.inc(1);
             bar.set_message(format!("{:.4}", p.loss_sum / p.seen as f64));
             if p.step % every == 0
-                && batch_len.is_some()
+                && feed.has_next()
                 && let Some(path) = &a.checkpoint
             {
                 state.progress.seconds = seconds_before + (start.elapsed() - paused).as_secs_f64();
