@@ -135,23 +135,21 @@ pub(super) fn schedule(plan: &TrainPlan) -> Vec<Segment> {
         }
     }
     work.push(Work::Loss);
-    // A weight gradient waits until after the next exchange: nothing below needs it, and
-    // moving its arithmetic out of the segment keeps the next layer's `z` and `dy` fresh
-    // in the cache from the pass that wrote them to the BatchNorm `dx` pass that reads them.
-    let mut weight_grads = Vec::new();
+    // A layer's weight gradient runs right after its input gradient: both read its `dz`
+    // (and the weight gradient the layer's input), which the input gradient leaves in the
+    // cache. Deferring it past the next exchange, as the step did before, made both models'
+    // steps 1.5-2% slower (alternated in one process).
     for (i, l) in plan.layers.iter().enumerate().rev() {
         work.push(Work::Back(i));
         if l.bn.is_some() {
             cut(&mut work, Sync::Sums(i));
             work.push(Work::BnDx(i));
-            work.append(&mut weight_grads);
         }
-        weight_grads.push(Work::WeightGrad(i));
         if i > 0 {
             work.push(Work::InputGrad(i));
         }
+        work.push(Work::WeightGrad(i));
     }
-    work.append(&mut weight_grads);
     cut(&mut work, Sync::End);
     segments
 }
@@ -542,29 +540,44 @@ impl<'a> StepCtx<'a> {
 mod tests {
     use super::*;
 
-    /// LeNet-BN's step: cut at every BatchNorm exchange, each weight gradient after the
-    /// next exchange (conv2's, `WeightGrad(1)`, runs after conv1's sums, not between the
-    /// pass that writes conv1's `dy` and the `dx` pass that reads it back).
-    #[test]
-    fn lenet_bn_schedule() {
-        let model = bnc_compiler::text::parse(include_str!("../../../models/lenet_bn.ir"));
-        let plan = super::super::train_plan(&model.unwrap()).unwrap();
-        let got: Vec<String> = schedule(&plan)
+    fn schedule_of(source: &str) -> Vec<String> {
+        let plan = super::super::train_plan(&bnc_compiler::text::parse(source).unwrap()).unwrap();
+        schedule(&plan)
             .iter()
             .map(|s| format!("{:?} -> {:?}", s.work, s.then))
-            .collect();
+            .collect()
+    }
+
+    /// LeNet-BN's step: cut at every BatchNorm exchange, each layer's weight gradient
+    /// right after its input gradient, which leaves `dz` in the cache for it.
+    #[test]
+    fn lenet_bn_schedule() {
         assert_eq!(
-            got,
+            schedule_of(include_str!("../../../models/lenet_bn.ir")),
             [
                 "[Linear(0)] -> Stats(0)",
                 "[Post(0), Linear(1)] -> Stats(1)",
                 "[Post(1), Linear(2)] -> Stats(2)",
                 "[Post(2), Linear(3)] -> Stats(3)",
-                "[Post(3), Linear(4), Loss, Back(4), InputGrad(4), Back(3)] -> Sums(3)",
-                "[BnDx(3), WeightGrad(4), InputGrad(3), Back(2)] -> Sums(2)",
-                "[BnDx(2), WeightGrad(3), InputGrad(2), Back(1)] -> Sums(1)",
-                "[BnDx(1), WeightGrad(2), InputGrad(1), Back(0)] -> Sums(0)",
-                "[BnDx(0), WeightGrad(1), WeightGrad(0)] -> End",
+                "[Post(3), Linear(4), Loss, Back(4), InputGrad(4), WeightGrad(4), Back(3)] -> Sums(3)",
+                "[BnDx(3), InputGrad(3), WeightGrad(3), Back(2)] -> Sums(2)",
+                "[BnDx(2), InputGrad(2), WeightGrad(2), Back(1)] -> Sums(1)",
+                "[BnDx(1), InputGrad(1), WeightGrad(1), Back(0)] -> Sums(0)",
+                "[BnDx(0), WeightGrad(0)] -> End",
+            ]
+        );
+    }
+
+    /// Plain LeNet's step is one segment, with the same order per layer.
+    #[test]
+    fn lenet_schedule() {
+        assert_eq!(
+            schedule_of(include_str!("../../../models/lenet.ir")),
+            [
+                "[Linear(0), Post(0), Linear(1), Post(1), Linear(2), Linear(3), Linear(4), Loss, \
+                 Back(4), InputGrad(4), WeightGrad(4), Back(3), InputGrad(3), WeightGrad(3), \
+                 Back(2), InputGrad(2), WeightGrad(2), Back(1), InputGrad(1), WeightGrad(1), \
+                 Back(0), WeightGrad(0)] -> End",
             ]
         );
     }
