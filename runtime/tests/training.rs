@@ -231,6 +231,77 @@ fn mlp_bn_step_matches_interpreter() {
     check_against_interpreter(MLP_BN, 2);
 }
 
+/// Padded convolutions (whose weight gradient reads a zero-bordered copy of the input), max
+/// pooling, relu, and a convolution with more taps than the tiled weight gradient keeps on
+/// the stack (128 x 8 x 3 x 3: it runs untiled; before, its stack arrays overflowed a worker
+/// thread's stack and the process died).
+const PADDED_WIDE: &str = "input x: f32[N,1,28,28]
+c1 = conv2d(x, channels=8, kernel=3, padding=1, bias=false)
+b1 = batch_norm(c1)
+r1 = relu(b1)
+p1 = max_pool2d(r1, kernel=2, stride=2)
+c2 = conv2d(p1, channels=128, kernel=3, padding=1)
+r2 = relu(c2)
+p2 = avg_pool2d(r2, kernel=7, stride=7)
+f = flatten(p2)
+fc = dense(f, units=10)
+output fc
+";
+
+#[test]
+fn padded_and_wide_convolutions_match_interpreter() {
+    check_against_interpreter(PADDED_WIDE, 1);
+    check_against_interpreter(PADDED_WIDE, 2);
+}
+
+/// A convolution with 64 x 256 x 3 x 3 taps: the tiled weight gradient's stack arrays would
+/// take 2.9 MB, more than a worker thread's 2 MB stack, which killed the process on two
+/// threads. One step's gradients against the interpreter's.
+#[test]
+fn a_layer_too_wide_for_stack_arrays_trains_on_two_threads() {
+    let src = "input x: f32[N,1,28,28]
+c1 = conv2d(x, channels=64, kernel=3)
+r1 = relu(c1)
+p1 = max_pool2d(r1, kernel=2, stride=2)
+c2 = conv2d(p1, channels=256, kernel=3)
+r2 = relu(c2)
+p2 = avg_pool2d(r2, kernel=11, stride=11)
+f = flatten(p2)
+fc = dense(f, units=10)
+output fc
+";
+    let (model, g) = graphs(src);
+    let init = init_params(&g, 3);
+    let cfg = TrainConfig {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        threads: 2,
+        batch: 4,
+    };
+    let mut trainer = Trainer::new(&model, to_store(&init), &cfg).expect("compiles");
+    let (images, labels) = batch(&mut SplitMix64::new(5), 4);
+    let stats = trainer.step(&images, &labels).expect("step runs");
+    let inputs = HashMap::from([
+        (
+            "x".to_string(),
+            Tensor::new(vec![4, 1, 28, 28], images).unwrap(),
+        ),
+        (
+            "labels".to_string(),
+            Tensor::new_i32(vec![4], labels).unwrap(),
+        ),
+    ]);
+    let want = gradients(&model, &inputs, &init).expect("reference gradients");
+    assert!((want.loss - stats.loss).abs() / want.loss.abs().max(1.0) < 1e-4);
+    let grads = trainer.gradients();
+    for (name, w) in &want.grads {
+        let got = grads.get(name).expect("a gradient for every parameter");
+        let e = metric(f32s(got), f32s(w));
+        assert!(e < 1e-4, "gradient of {name}: error {e}");
+    }
+}
+
 /// The trainer lowers the train pipeline's output, where `redundant-bias` moved the biases
 /// before each BatchNorm into its running-mean update (`input_bias`); they stay parameters
 /// (decayed, saved) and, when not zero, must still shift the running mean as in the model,

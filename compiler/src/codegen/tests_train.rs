@@ -157,6 +157,41 @@ fn lenet_training_shapes() {
     }
 }
 
+/// The three forms of the conv weight gradient against the reference, with column tails:
+/// tiled over a zero-bordered copy of the input (padding), tiled reading a padded input too
+/// large for that copy (guarded vectors at the row ends), and untiled, for a layer with more
+/// taps than the tiled form's stack arrays hold (which overflowed a worker thread's stack).
+#[test]
+fn conv_grad_w_forms_match_reference() {
+    use super::kernels::conv::PADDED_LOCAL_MAX;
+    use super::kernels::train::{GRAD_W_LOCAL_MAX, GRAD_W_TILE};
+    // (c_in, h, w, c_out, k, p, images, bordered copy, tiled)
+    let cases = [
+        (3, 14, 14, 5, 3, 1, 20, true, true),
+        (2, 9, 13, 3, 5, 2, 3, true, true),
+        (1, 40, 41, 2, 3, 1, 17, false, true),
+        (1, 40, 42, 2, 5, 2, 3, false, true),
+        (32, 5, 6, 24, 3, 1, 3, false, false),
+        (32, 5, 7, 24, 3, 0, 2, false, false),
+    ];
+    for (c_in, h, w, c_out, k, p, n, copy, tiled) in cases {
+        let taps = c_out * c_in * k * k;
+        assert_eq!(5 * taps <= GRAD_W_LOCAL_MAX, tiled, "taps {taps}");
+        let fits = GRAD_W_TILE * h * (w + 2 * p) <= PADDED_LOCAL_MAX;
+        assert_eq!(tiled && p > 0 && fits, copy);
+        let spec = KernelSpec::ConvGradW {
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel: [k, k],
+            padding: [p, p],
+        };
+        let e = train_error(spec, n, n as u64);
+        assert!(e < TOL, "{spec:?}: {e}");
+    }
+}
+
 /// Statistics of data with mean 1e4 and standard deviation 1e-2 keep their variance to 1e-3
 /// relative (vs a two-pass f64 reference), where a one-pass f32 `E[x²] - E[x]²` loses it.
 #[test]

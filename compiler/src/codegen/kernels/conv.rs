@@ -34,7 +34,7 @@ fn channel_block(ow: usize) -> usize {
 
 /// The largest zero-bordered image copy (in floats) kept on the stack: 64 KiB, well inside
 /// the stack of any thread that runs kernels.
-const PADDED_LOCAL_MAX: usize = 16 * 1024;
+pub(crate) const PADDED_LOCAL_MAX: usize = 16 * 1024;
 
 /// The largest pre-broadcast weight table (in floats) kept on the stack: 64 KiB, LeNet's
 /// conv2 needs 37.5 KiB.

@@ -2,10 +2,10 @@
 //! the bias/scale/shift epilogue, and a pooling plane that reads any per-element source.
 //! Specs are validated before they get here, so lowering never fails.
 
-mod conv;
+pub(super) mod conv;
 mod dense;
 mod simple;
-mod train;
+pub(super) mod train;
 mod train_back;
 
 use super::loop_ir::{

@@ -8,13 +8,13 @@
 //! lane keeps its own partial sum in a vector register; the four lanes are then stored to a
 //! small stack array and summed in a fixed order, which keeps results deterministic.
 
-use super::conv::{conv2d_with, fill};
+use super::conv::{PADDED_LOCAL_MAX, conv2d_with, fill};
 use super::dense::dense_with;
 use super::simple::{map, per_image};
 use super::{act, pool_plane};
 use crate::codegen::loop_ir::{
     Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
-    split, v,
+    split, split_overlapping, v,
 };
 use crate::codegen::{Activation, Epilogue, KernelSpec, window_out};
 
@@ -370,7 +370,27 @@ const GRAD_W_CHANNELS: usize = 2;
 
 /// Images per tile of the conv weight gradient: every `(co, ci, ky)` block streams the tile's
 /// `dy` and input rows, so a tile (LeNet's conv2: 16 images, about 120 KiB) should stay in L2.
-const GRAD_W_TILE: usize = 16;
+pub(crate) const GRAD_W_TILE: usize = 16;
+
+/// The column vectors `lo..hi` (of `full`, four output columns each) whose input columns
+/// `4 * ox4 + kx - pw .. + 4` lie inside `0..w` for every tap `kx < kw`; `lo == hi` when
+/// there are none. Without padding that is every vector.
+fn unguarded_vectors(w: usize, pw: usize, kw: usize, full: usize) -> (usize, usize) {
+    // First column >= 0 at kx = 0: 4 * ox4 >= pw.
+    let lo = pw.div_ceil(4).min(full);
+    // Last column < w at kx = kw - 1: 4 * ox4 + 3 + kw - 1 - pw < w.
+    let hi = (w + pw + 1)
+        .checked_sub(kw + 3)
+        .map_or(0, |room| room.div_ceil(4))
+        .min(full);
+    (lo, hi.max(lo))
+}
+
+/// The most floats of carried sums (`5 * taps`: four lanes and a tail per tap) that the
+/// tiled weight gradient keeps on the stack: 128 KiB (LeNet's conv2 needs 48 KiB). A larger
+/// layer keeps each block's sums in registers over all the call's images instead, since
+/// stack arrays sized by the layer overflowed the stack of a worker thread.
+pub(crate) const GRAD_W_LOCAL_MAX: usize = 32 * 1024;
 
 /// The conv weight gradient as a reduction over every pixel of every image of the call, a
 /// tile of images at a time: for a block of output channels and one kernel row `(ci, ky)`,
@@ -379,6 +399,14 @@ const GRAD_W_TILE: usize = 16;
 /// vector `size`. Columns past the last whole vector are summed in scalar registers. Between
 /// tiles the sums wait in stack arrays; at the end the lanes are added in a fixed order, so
 /// results are deterministic.
+///
+/// With column padding, each tile's input channel is first copied into a stack array with
+/// zero side borders, so that no tap needs a bounds check (a guarded vector load branches
+/// per vector and falls back to a gather at the border, which made padded layers five
+/// times slower). A layer whose sums would not fit [`GRAD_W_LOCAL_MAX`] runs untiled, each
+/// block's accumulators in registers over all the images of the call, and reads the input
+/// with guards. Every accumulator sees the same FMAs in the same order in all three forms,
+/// so they give the same bits.
 fn conv_grad_w(
     index: usize,
     c_in: usize,
@@ -392,11 +420,33 @@ fn conv_grad_w(
     let (x, dy, dw) = (Buf::Param(0), Buf::Param(1), Buf::Param(2));
     let taps = c_out * c_in * kh * kw;
     let mut b = KernelBuilder::new();
-    // Per tap: four vector lanes and one scalar tail sum, carried from tile to tile.
-    let (lanes, tails) = (b.local(4 * taps), b.local(taps));
-    let mut body = fill(&mut b, lanes, 4 * taps);
-    body.extend(fill(&mut b, tails, taps));
+    let tiled = 5 * taps <= GRAD_W_LOCAL_MAX;
+    // Per tap: four vector lanes and one scalar tail sum, carried from tile to tile; untiled,
+    // one block's lanes, parked for the final sum.
+    let (lanes, tails) = if tiled {
+        (b.local(4 * taps), b.local(taps))
+    } else {
+        (b.local(4 * GRAD_W_CHANNELS * kw), b.local(1))
+    };
+    let mut body = Vec::new();
+    if tiled {
+        body.extend(fill(&mut b, lanes, 4 * taps));
+        body.extend(fill(&mut b, tails, taps));
+    }
+    let wp = w + 2 * pw;
+    let pad_copy = tiled && pw > 0 && GRAD_W_TILE * h * wp <= PADDED_LOCAL_MAX;
+    let padded = pad_copy.then(|| b.local(GRAD_W_TILE * h * wp));
+    if let Some(p) = padded {
+        // The borders are zeroed once per call; each tile overwrites only the interior.
+        body.extend(fill(&mut b, p, GRAD_W_TILE * h * wp));
+    }
     let (tile, ci, ky) = (b.var(), b.var(), b.var());
+    // The images of a tile, or all of the call's.
+    let (first, last) = if tiled {
+        (v(tile), (v(tile) + GRAD_W_TILE).min(Idx::Var(N_END)))
+    } else {
+        (Idx::Var(N_BEGIN), Idx::Var(N_END))
+    };
     let full = ow / 4;
     // A short row of column vectors (LeNet's conv2 has two) is unrolled: its loop overhead
     // would cost as much as its ten FMAs.
@@ -405,7 +455,7 @@ fn conv_grad_w(
     } else {
         LoopKind::Serial
     };
-    let per_tile = split(
+    let per_ci = split(
         &mut b,
         0usize.into(),
         c_out.into(),
@@ -429,20 +479,34 @@ fn conv_grad_w(
             // Output rows whose input row oy + ky - ph lies inside the image.
             let oy_lo = Idx::Const(0).max(Idx::from(ph) - v(ky));
             let oy_hi = Idx::from(oh).min(Idx::from(h + ph) - v(ky));
-            let xrow = ((v(n) * c_in + v(ci)) * h + v(oy) + v(ky) - ph) * w;
             let dyrow = |c: Idx| ((v(n) * c_out + v(co) + c) * oh + v(oy)) * ow;
-            let x_at = |col: Idx| Val::Load {
-                buf: x,
-                idx: xrow.clone() + col.clone(),
-                guards: Guard::padded(col, pw, w),
+            // The input at output column `col` under tap `kx`: from the bordered copy, or
+            // from the input with a guard when `guarded` (only columns near the row's ends
+            // can fall into the padding).
+            let x_at = |col: Idx, guarded: bool| match padded {
+                Some(p) => Val::load(
+                    p,
+                    ((v(n) - first.clone()) * h + v(oy) + v(ky) - ph) * wp + col,
+                ),
+                None => {
+                    let col = col - pw;
+                    Val::Load {
+                        buf: x,
+                        idx: ((v(n) * c_in + v(ci)) * h + v(oy) + v(ky) - ph) * w + col.clone(),
+                        guards: if guarded {
+                            Guard::padded(col, pw, w)
+                        } else {
+                            vec![]
+                        },
+                    }
+                }
             };
-            // The images of this tile, and their rows.
+            // The images, and their rows.
             let rows = |inner: Vec<Stmt>| {
-                let end = (v(tile) + GRAD_W_TILE).min(Idx::Var(N_END));
                 for_(
                     n,
-                    v(tile),
-                    end,
+                    first.clone(),
+                    last.clone(),
                     LoopKind::Serial,
                     vec![for_(
                         oy,
@@ -455,56 +519,84 @@ fn conv_grad_w(
             };
             let mut per_row = Vec::new();
             if full > 0 {
-                let xv = x_at(v(ox4) * 4usize + v(j) + v(kx) - pw);
-                let step = vec![
-                    unroll(
-                        c,
-                        size,
-                        vec![Stmt::Set {
-                            reg: reg(d, v(c)),
-                            val: Val::load(dy, dyrow(v(c)) + v(ox4) * 4usize + v(j)),
-                        }],
-                    ),
-                    unroll(
-                        kx,
-                        kw,
-                        vec![unroll(
+                let step = |guarded: bool| {
+                    vec![
+                        unroll(
                             c,
                             size,
                             vec![Stmt::Set {
-                                reg: reg(acc, at(v(c), v(kx))),
-                                // The input load is the second factor: `vfmadd231ps`
-                                // takes it straight from memory.
-                                val: Val::fma(
-                                    Val::Get(reg(d, v(c))),
-                                    xv.clone(),
-                                    Val::Get(reg(acc, at(v(c), v(kx)))),
-                                ),
+                                reg: reg(d, v(c)),
+                                val: Val::load(dy, dyrow(v(c)) + v(ox4) * 4usize + v(j)),
                             }],
-                        )],
-                    ),
-                ];
-                let lane = slot.clone() * 4usize + v(j);
+                        ),
+                        unroll(
+                            kx,
+                            kw,
+                            vec![unroll(
+                                c,
+                                size,
+                                vec![Stmt::Set {
+                                    reg: reg(acc, at(v(c), v(kx))),
+                                    // The input load is the second factor: `vfmadd231ps`
+                                    // takes it straight from memory.
+                                    val: Val::fma(
+                                        Val::Get(reg(d, v(c))),
+                                        x_at(v(ox4) * 4usize + v(j) + v(kx), guarded),
+                                        Val::Get(reg(acc, at(v(c), v(kx)))),
+                                    ),
+                                }],
+                            )],
+                        ),
+                    ]
+                };
+                // Reading the input itself, the vectors whose every tap lies inside the row
+                // need no guard; they still run in column order.
+                let (inner_lo, inner_hi) = if padded.is_some() {
+                    (0, full)
+                } else {
+                    unguarded_vectors(w, pw, kw, full)
+                };
+                let mut column_loops = Vec::new();
+                for (lo, hi, guarded) in [
+                    (0, inner_lo, true),
+                    (inner_lo, inner_hi, false),
+                    (inner_hi, full, true),
+                ] {
+                    if lo < hi {
+                        column_loops.push(for_(ox4, lo, hi, columns, step(guarded)));
+                    }
+                }
+                let (start, park) = if tiled {
+                    let lane = slot.clone() * 4usize + v(j);
+                    (Val::load(lanes, lane.clone()), lane)
+                } else {
+                    (Val::Const(0.0), at(v(c), v(kx)) * 4usize + v(j))
+                };
                 per_row.push(on_lanes(
                     j,
                     vec![
                         each(vec![Stmt::Set {
                             reg: reg(acc, at(v(c), v(kx))),
-                            val: Val::load(lanes, lane.clone()),
+                            val: start,
                         }]),
-                        rows(vec![for_(ox4, 0usize, full, columns, step)]),
+                        rows(column_loops),
                         each(vec![store(
                             lanes,
-                            lane,
+                            park,
                             Val::Get(reg(acc, at(v(c), v(kx)))),
                         )]),
                     ],
                 ));
             }
+            let tail_start = if tiled {
+                Val::load(tails, slot.clone())
+            } else {
+                Val::Const(0.0)
+            };
             if full * 4 < ow {
                 per_row.push(each(vec![Stmt::Set {
                     reg: reg(tacc, at(v(c), v(kx))),
-                    val: Val::load(tails, slot.clone()),
+                    val: tail_start.clone(),
                 }]));
                 per_row.push(rows(vec![for_(
                     ox,
@@ -515,44 +607,101 @@ fn conv_grad_w(
                         reg: reg(tacc, at(v(c), v(kx))),
                         val: Val::fma(
                             Val::load(dy, dyrow(v(c)) + v(ox)),
-                            x_at(v(ox) + v(kx) - pw),
+                            x_at(v(ox) + v(kx), true),
                             Val::Get(reg(tacc, at(v(c), v(kx)))),
                         ),
                     }])],
                 )]));
-                per_row.push(each(vec![store(
-                    tails,
-                    slot.clone(),
-                    Val::Get(reg(tacc, at(v(c), v(kx)))),
-                )]));
+            } else if !tiled {
+                per_row.push(each(vec![Stmt::Set {
+                    reg: reg(tacc, at(v(c), v(kx))),
+                    val: tail_start,
+                }]));
             }
-            vec![for_(
-                ci,
-                0usize,
-                c_in,
-                LoopKind::Serial,
-                vec![for_(ky, 0usize, kh, LoopKind::Serial, per_row)],
-            )]
+            if tiled {
+                if full * 4 < ow {
+                    per_row.push(each(vec![store(
+                        tails,
+                        slot.clone(),
+                        Val::Get(reg(tacc, at(v(c), v(kx)))),
+                    )]));
+                }
+            } else {
+                // This block is done: its taps' totals, the lanes added as the tiled form
+                // adds them.
+                let lane = |l: usize| Val::load(lanes, at(v(c), v(kx)) * 4usize + l);
+                let lanes_total = if full > 0 {
+                    ((lane(0) + lane(1)) + (lane(2) + lane(3)))
+                        + Val::Get(reg(tacc, at(v(c), v(kx))))
+                } else {
+                    Val::Const(0.0) + Val::Get(reg(tacc, at(v(c), v(kx))))
+                };
+                per_row.push(each(vec![store(dw, slot.clone(), lanes_total)]));
+            }
+            let per_ky = for_(ky, 0usize, kh, LoopKind::Serial, per_row);
+            if padded.is_some() {
+                vec![per_ky]
+            } else {
+                // Without a copy to share, the block's `dy` rows serve every input channel.
+                vec![for_(ci, 0usize, c_in, LoopKind::Serial, vec![per_ky])]
+            }
         },
     );
-    body.push(Stmt::Loop {
-        var: tile,
-        lo: Idx::Var(N_BEGIN),
-        hi: Idx::Var(N_END),
-        step: GRAD_W_TILE as i64,
-        kind: LoopKind::Serial,
-        body: per_tile,
-    });
-    let e = b.var();
-    let lane = |l: usize| Val::load(lanes, v(e) * 4usize + l);
-    let total = ((lane(0) + lane(1)) + (lane(2) + lane(3))) + Val::load(tails, v(e));
-    body.push(for_(
-        e,
-        0usize,
-        taps,
-        LoopKind::Serial,
-        vec![store(dw, v(e), total)],
-    ));
+    let mut per_tile = Vec::new();
+    let ci_body = if let Some(p) = padded {
+        // This tile's images of input channel `ci`, into the bordered copy.
+        let (n, y) = (b.var(), b.var());
+        let copy = split_overlapping(&mut b, w, &[8, 4], |b, xv, step| {
+            let u = b.var();
+            let col = v(xv) + v(u) * 4usize;
+            vec![for_(
+                u,
+                0usize,
+                (step / 4).max(1),
+                LoopKind::Unroll,
+                vec![store(
+                    p,
+                    ((v(n) - first.clone()) * h + v(y)) * wp + col.clone() + pw,
+                    Val::load(x, ((v(n) * c_in + v(ci)) * h + v(y)) * w + col),
+                )],
+            )]
+        });
+        let mut s = vec![for_(
+            n,
+            first.clone(),
+            last.clone(),
+            LoopKind::Serial,
+            vec![for_(y, 0usize, h, LoopKind::Serial, copy)],
+        )];
+        s.extend(per_ci);
+        // Each input channel is copied once per tile and serves every block.
+        vec![for_(ci, 0usize, c_in, LoopKind::Serial, s)]
+    } else {
+        per_ci
+    };
+    per_tile.extend(ci_body);
+    if tiled {
+        body.push(Stmt::Loop {
+            var: tile,
+            lo: Idx::Var(N_BEGIN),
+            hi: Idx::Var(N_END),
+            step: GRAD_W_TILE as i64,
+            kind: LoopKind::Serial,
+            body: per_tile,
+        });
+        let e = b.var();
+        let lane = |l: usize| Val::load(lanes, v(e) * 4usize + l);
+        let total = ((lane(0) + lane(1)) + (lane(2) + lane(3))) + Val::load(tails, v(e));
+        body.push(for_(
+            e,
+            0usize,
+            taps,
+            LoopKind::Serial,
+            vec![store(dw, v(e), total)],
+        ));
+    } else {
+        body.extend(per_tile);
+    }
     b.finish(format!("k{index}_conv_grad_w"), 3, body)
 }
 
