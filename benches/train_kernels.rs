@@ -14,6 +14,9 @@
 //!
 //! The hot/cold pairs show which passes wait on memory in a step: see docs/BATCHNORM.md,
 //! "What the backward pass costs".
+//!
+//! `train_kernels/conv_grad_w/<padded|unpadded>`: the conv weight gradient of a 3x3 layer
+//! with and without padding, the same FMAs: what padding costs it.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -109,5 +112,36 @@ fn train_kernels(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_kernels);
+/// The conv weight gradient of a VGG-style 3x3 layer (16 -> 32 channels, 14x14 outputs, 64
+/// images: one unit of a step) with padding 1, against the same layer on a 16x16 input
+/// without padding: the same outputs and FMAs, so the ratio of the two is what padding
+/// costs (`train_kernels/conv_grad_w/<padded|unpadded>`).
+fn conv_grad_w(c: &mut Criterion) {
+    const IMAGES: usize = 64;
+    let spec = |hw, p| KernelSpec::ConvGradW {
+        c_in: 16,
+        h: hw,
+        w: hw,
+        c_out: 32,
+        kernel: [3, 3],
+        padding: [p, p],
+    };
+    let specs = [("padded", spec(14, 1)), ("unpadded", spec(16, 0))];
+    let jit = JitKernels::compile(&specs.map(|(_, s)| s)).expect("compiles");
+    let mut group = c.benchmark_group("train_kernels/conv_grad_w");
+    group.sample_size(20);
+    for (i, (name, spec)) in specs.iter().enumerate() {
+        let mut bufs: Vec<Vec<f32>> = spec
+            .buffer_lens(IMAGES)
+            .iter()
+            .map(|&len| (0..len).map(|j| (j % 89) as f32 / 89.0 - 0.5).collect())
+            .collect();
+        group.bench_function(*name, |b| {
+            b.iter(|| jit.run_bufs(i, black_box(&mut bufs), IMAGES).expect("runs"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, train_kernels, conv_grad_w);
 criterion_main!(benches);

@@ -67,7 +67,7 @@ fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn jit_matches_the_interpreter_for_every_model() {
-    for name in ["lenet", "lenet_bn", "mlp_bn", "resnet_bn"] {
+    for name in ["lenet", "lenet_bn", "mlp_bn", "resnet_bn", "vgg_bn"] {
         let g = model(name);
         let reference = typed(&g);
         let p = params(&g, 1);

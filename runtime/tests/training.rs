@@ -23,6 +23,7 @@ use bnc_runtime::weights::ParamStore;
 const LENET_BN: &str = include_str!("../../models/lenet_bn.ir");
 const LENET: &str = include_str!("../../models/lenet.ir");
 const MLP_BN: &str = include_str!("../../models/mlp_bn.ir");
+const VGG_BN: &str = include_str!("../../models/vgg_bn.ir");
 
 /// The parsed model and its typed train graph (with the loss attached).
 fn graphs(src: &str) -> (Graph, Graph) {
@@ -229,6 +230,14 @@ fn lenet_step_matches_interpreter() {
 fn mlp_bn_step_matches_interpreter() {
     check_against_interpreter(MLP_BN, 1);
     check_against_interpreter(MLP_BN, 2);
+}
+
+/// 3x3 convolutions with padding 1 and 14-column outputs (the weight gradient's bordered
+/// copy, tail vectors and four-channel blocks), relu and max pooling.
+#[test]
+fn vgg_bn_step_matches_interpreter() {
+    check_against_interpreter(VGG_BN, 1);
+    check_against_interpreter(VGG_BN, 2);
 }
 
 /// Padded convolutions (whose weight gradient reads a zero-bordered copy of the input), max

@@ -364,9 +364,14 @@ fn bn_act_pool(
     b.finish(format!("k{index}_bn_act_pool"), 5, body)
 }
 
-/// Output channels per register block of the conv weight gradient: with a kernel row of five
-/// taps that is ten vector accumulators, two `dy` vectors and an input vector.
-const GRAD_W_CHANNELS: usize = 2;
+/// Output channels per register block of the conv weight gradient for kernel rows of `kw`
+/// taps: `channels x kw` vector accumulators, a `dy` vector per channel and an input vector.
+/// Five taps (LeNet) take two channels, ten accumulators; three taps take four, twelve
+/// accumulators (against two: a VGG-style 3x3 layer's weight gradient in 0.6 of the time,
+/// per-phase medians of eight alternated runs; five or six channels were slower again).
+fn grad_w_channels(kw: usize) -> usize {
+    (12 / kw).clamp(2, 4)
+}
 
 /// Images per tile of the conv weight gradient: every `(co, ci, ky)` block streams the tile's
 /// `dy` and input rows, so a tile (LeNet's conv2: 16 images, about 120 KiB) should stay in L2.
@@ -386,6 +391,11 @@ fn unguarded_vectors(w: usize, pw: usize, kw: usize, full: usize) -> (usize, usi
     (lo, hi.max(lo))
 }
 
+/// Whether `ow` output columns leave a tail past the last whole vector of four.
+fn full_tail(ow: usize) -> bool {
+    !ow.is_multiple_of(4)
+}
+
 /// The most floats of carried sums (`5 * taps`: four lanes and a tail per tap) that the
 /// tiled weight gradient keeps on the stack: 128 KiB (LeNet's conv2 needs 48 KiB). A larger
 /// layer keeps each block's sums in registers over all the call's images instead, since
@@ -400,13 +410,14 @@ pub(crate) const GRAD_W_LOCAL_MAX: usize = 32 * 1024;
 /// tiles the sums wait in stack arrays; at the end the lanes are added in a fixed order, so
 /// results are deterministic.
 ///
-/// With column padding, each tile's input channel is first copied into a stack array with
-/// zero side borders, so that no tap needs a bounds check (a guarded vector load branches
-/// per vector and falls back to a gather at the border, which made padded layers five
-/// times slower). A layer whose sums would not fit [`GRAD_W_LOCAL_MAX`] runs untiled, each
-/// block's accumulators in registers over all the images of the call, and reads the input
-/// with guards. Every accumulator sees the same FMAs in the same order in all three forms,
-/// so they give the same bits.
+/// With column padding or a column tail, each tile's input channel is first copied into a
+/// stack array with zero side borders, so that no tap needs a bounds check (a guarded
+/// vector load branches per vector and falls back to a gather at the border, which made
+/// padded layers five times slower), and a tail column's taps go on the lanes of one vector
+/// FMA instead of one scalar FMA each. A layer whose sums would not fit
+/// [`GRAD_W_LOCAL_MAX`] runs untiled, each block's accumulators in registers over all the
+/// images of the call, and reads the input with guards. Every accumulator sees the same
+/// FMAs in the same order in all three forms, so they give the same bits.
 fn conv_grad_w(
     index: usize,
     c_in: usize,
@@ -426,7 +437,7 @@ fn conv_grad_w(
     let (lanes, tails) = if tiled {
         (b.local(4 * taps), b.local(taps))
     } else {
-        (b.local(4 * GRAD_W_CHANNELS * kw), b.local(1))
+        (b.local(4 * grad_w_channels(kw) * kw), b.local(1))
     };
     let mut body = Vec::new();
     if tiled {
@@ -434,11 +445,23 @@ fn conv_grad_w(
         body.extend(fill(&mut b, tails, taps));
     }
     let wp = w + 2 * pw;
-    let pad_copy = tiled && pw > 0 && GRAD_W_TILE * h * wp <= PADDED_LOCAL_MAX;
-    let padded = pad_copy.then(|| b.local(GRAD_W_TILE * h * wp));
+    // A layer with column padding, or with a column tail (whose taps then go on the lanes),
+    // reads a copy of each tile's input channel.
+    let pad_copy =
+        tiled && (pw > 0 || full_tail(ow)) && GRAD_W_TILE * h * wp + 4 <= PADDED_LOCAL_MAX;
+    // The copy has four floats of slack: a tail vector of taps may read past its last row.
+    let padded = pad_copy.then(|| b.local(GRAD_W_TILE * h * wp + 4));
     if let Some(p) = padded {
         // The borders are zeroed once per call; each tile overwrites only the interior.
-        body.extend(fill(&mut b, p, GRAD_W_TILE * h * wp));
+        body.extend(fill(&mut b, p, GRAD_W_TILE * h * wp + 4));
+    }
+    // Over the bordered copy, a tail column's taps `kx` go on the lanes (`chunks` vectors of
+    // four per kernel row), carried from tile to tile per kernel row in `vtails`.
+    let chunks = kw.div_ceil(4);
+    let rows_of_taps = c_out * c_in * kh;
+    let vtails = (padded.is_some() && full_tail(ow)).then(|| b.local(rows_of_taps * 4 * chunks));
+    if let Some(t) = vtails {
+        body.extend(fill(&mut b, t, rows_of_taps * 4 * chunks));
     }
     let (tile, ci, ky) = (b.var(), b.var(), b.var());
     // The images of a tile, or all of the call's.
@@ -459,7 +482,7 @@ fn conv_grad_w(
         &mut b,
         0usize.into(),
         c_out.into(),
-        &[GRAD_W_CHANNELS, 1],
+        &[grad_w_channels(kw), 1],
         false,
         |b, co, size| {
             let (n, j, oy, ox4, ox, c, kx) = (
@@ -593,7 +616,40 @@ fn conv_grad_w(
             } else {
                 Val::Const(0.0)
             };
-            if full * 4 < ow {
+            if let (Some(t), Some(p)) = (vtails, padded) {
+                // `tv[c][k]` lane `j` is tap `4k + j`'s sum: the same FMAs, in the same
+                // order, as a scalar sum per tap, one vector FMA doing up to four of them.
+                let trow = ((v(co) + v(c)) * c_in + v(ci)) * kh + v(ky);
+                let tslot = |k: usize| trow.clone() * (4 * chunks) + k * 4 + v(j);
+                let tv = |k: usize| reg(tacc, v(c) * chunks + k);
+                let per_chunk =
+                    |f: &dyn Fn(usize) -> Stmt| unroll(c, size, (0..chunks).map(f).collect());
+                let xrow = ((v(n) - first.clone()) * h + v(oy) + v(ky) - ph) * wp;
+                per_row.push(on_lanes(
+                    j,
+                    vec![
+                        per_chunk(&|k| Stmt::Set {
+                            reg: tv(k),
+                            val: Val::load(t, tslot(k)),
+                        }),
+                        rows(vec![for_(
+                            ox,
+                            full * 4,
+                            ow,
+                            LoopKind::Serial,
+                            vec![per_chunk(&|k| Stmt::Set {
+                                reg: tv(k),
+                                val: Val::fma(
+                                    Val::load(dy, dyrow(v(c)) + v(ox)),
+                                    Val::load(p, xrow.clone() + v(ox) + k * 4 + v(j)),
+                                    Val::Get(tv(k)),
+                                ),
+                            })],
+                        )]),
+                        per_chunk(&|k| store(t, tslot(k), Val::Get(tv(k)))),
+                    ],
+                ));
+            } else if full * 4 < ow {
                 per_row.push(each(vec![Stmt::Set {
                     reg: reg(tacc, at(v(c), v(kx))),
                     val: tail_start.clone(),
@@ -619,7 +675,7 @@ fn conv_grad_w(
                 }]));
             }
             if tiled {
-                if full * 4 < ow {
+                if full * 4 < ow && vtails.is_none() {
                     per_row.push(each(vec![store(
                         tails,
                         slot.clone(),
@@ -689,15 +745,26 @@ fn conv_grad_w(
             kind: LoopKind::Serial,
             body: per_tile,
         });
-        let e = b.var();
-        let lane = |l: usize| Val::load(lanes, v(e) * 4usize + l);
-        let total = ((lane(0) + lane(1)) + (lane(2) + lane(3))) + Val::load(tails, v(e));
+        let (r, kx) = (b.var(), b.var());
+        let e = v(r) * kw + v(kx);
+        let lane = |l: usize| Val::load(lanes, e.clone() * 4usize + l);
+        let tail = match vtails {
+            Some(t) => Val::load(t, v(r) * (4 * chunks) + v(kx)),
+            None => Val::load(tails, e.clone()),
+        };
+        let total = ((lane(0) + lane(1)) + (lane(2) + lane(3))) + tail;
         body.push(for_(
-            e,
+            r,
             0usize,
-            taps,
+            rows_of_taps,
             LoopKind::Serial,
-            vec![store(dw, v(e), total)],
+            vec![for_(
+                kx,
+                0usize,
+                kw,
+                LoopKind::Unroll,
+                vec![store(dw, e, total)],
+            )],
         ));
     } else {
         body.extend(per_tile);
