@@ -392,7 +392,7 @@ fn unguarded_vectors(w: usize, pw: usize, kw: usize, full: usize) -> (usize, usi
 }
 
 /// Whether `ow` output columns leave a tail past the last whole vector of four.
-fn full_tail(ow: usize) -> bool {
+fn has_tail(ow: usize) -> bool {
     !ow.is_multiple_of(4)
 }
 
@@ -448,7 +448,7 @@ fn conv_grad_w(
     // A layer with column padding, or with a column tail (whose taps then go on the lanes),
     // reads a copy of each tile's input channel.
     let pad_copy =
-        tiled && (pw > 0 || full_tail(ow)) && GRAD_W_TILE * h * wp + 4 <= PADDED_LOCAL_MAX;
+        tiled && (pw > 0 || has_tail(ow)) && GRAD_W_TILE * h * wp + 4 <= PADDED_LOCAL_MAX;
     // The copy has four floats of slack: a tail vector of taps may read past its last row.
     let padded = pad_copy.then(|| b.local(GRAD_W_TILE * h * wp + 4));
     if let Some(p) = padded {
@@ -459,7 +459,7 @@ fn conv_grad_w(
     // four per kernel row), carried from tile to tile per kernel row in `vtails`.
     let chunks = kw.div_ceil(4);
     let rows_of_taps = c_out * c_in * kh;
-    let vtails = (padded.is_some() && full_tail(ow)).then(|| b.local(rows_of_taps * 4 * chunks));
+    let vtails = (padded.is_some() && has_tail(ow)).then(|| b.local(rows_of_taps * 4 * chunks));
     if let Some(t) = vtails {
         body.extend(fill(&mut b, t, rows_of_taps * 4 * chunks));
     }
@@ -746,26 +746,37 @@ fn conv_grad_w(
             body: per_tile,
         });
         let (r, kx) = (b.var(), b.var());
-        let e = v(r) * kw + v(kx);
-        let lane = |l: usize| Val::load(lanes, e.clone() * 4usize + l);
-        let tail = match vtails {
-            Some(t) => Val::load(t, v(r) * (4 * chunks) + v(kx)),
-            None => Val::load(tails, e.clone()),
+        let tap = |e: Idx, tail: Val| {
+            let lane = |l: usize| Val::load(lanes, e.clone() * 4usize + l);
+            let total = ((lane(0) + lane(1)) + (lane(2) + lane(3))) + tail;
+            store(dw, e, total)
         };
-        let total = ((lane(0) + lane(1)) + (lane(2) + lane(3))) + tail;
-        body.push(for_(
-            r,
-            0usize,
-            rows_of_taps,
-            LoopKind::Serial,
-            vec![for_(
-                kx,
+        body.push(match vtails {
+            // Per kernel row, its taps' tail sums on the lanes of `chunks` vectors.
+            Some(t) => for_(
+                r,
                 0usize,
-                kw,
-                LoopKind::Unroll,
-                vec![store(dw, e, total)],
-            )],
-        ));
+                rows_of_taps,
+                LoopKind::Serial,
+                vec![for_(
+                    kx,
+                    0usize,
+                    kw,
+                    LoopKind::Unroll,
+                    vec![tap(
+                        v(r) * kw + v(kx),
+                        Val::load(t, v(r) * (4 * chunks) + v(kx)),
+                    )],
+                )],
+            ),
+            None => for_(
+                r,
+                0usize,
+                taps,
+                LoopKind::Serial,
+                vec![tap(v(r), Val::load(tails, v(r)))],
+            ),
+        });
     } else {
         body.extend(per_tile);
     }
