@@ -58,6 +58,32 @@ pub(super) fn fill(b: &mut KernelBuilder, buf: Buf, len: usize) -> Vec<Stmt> {
     })
 }
 
+/// Copies `w` floats from `src` at `from` to `dst` at `to` (a row into a zero-bordered copy),
+/// two vectors at a time, the last vector overlapping the one before when `w` is not a
+/// multiple of four.
+pub(super) fn copy_row(
+    b: &mut KernelBuilder,
+    w: usize,
+    (src, from): (Buf, Idx),
+    (dst, to): (Buf, Idx),
+) -> Vec<Stmt> {
+    split_overlapping(b, w, &[8, 4], |b, xv, step| {
+        let u = b.var();
+        let at = v(xv) + v(u) * 4usize;
+        vec![for_(
+            u,
+            0usize,
+            (step / 4).max(1),
+            LoopKind::Unroll,
+            vec![Stmt::Store {
+                buf: dst,
+                idx: to.clone() + at.clone(),
+                val: Val::load(src, from.clone() + at),
+            }],
+        )]
+    })
+}
+
 /// The static shape facts the row emitter needs. `h`, `w` and `padding` describe the
 /// buffer the taps read (`x`): the input itself, or its zero-bordered copy with no padding.
 struct Conv {
@@ -225,26 +251,12 @@ pub(super) fn conv2d_with(
         // The border is zeroed once per call; each image overwrites only the interior.
         body.extend(fill(&mut b, x, c_in * h * wp));
         let (c, y) = (b.var(), b.var());
-        let copy = split_overlapping(&mut b, w, &[8, 4], |b, xv, step| {
-            let u = b.var();
-            let at = v(xv) + v(u) * 4usize;
-            let src = Val::load(
-                Buf::Param(0),
-                ((v(n) * c_in + v(c)) * h + v(y)) * w + at.clone(),
-            );
-            let dst = (v(c) * h + v(y)) * wp + at + padding[1];
-            vec![for_(
-                u,
-                0usize,
-                (step / 4).max(1),
-                LoopKind::Unroll,
-                vec![Stmt::Store {
-                    buf: x,
-                    idx: dst,
-                    val: src,
-                }],
-            )]
-        });
+        let copy = copy_row(
+            &mut b,
+            w,
+            (Buf::Param(0), ((v(n) * c_in + v(c)) * h + v(y)) * w),
+            (x, (v(c) * h + v(y)) * wp + padding[1]),
+        );
         image.push(for_(
             c,
             0usize,

@@ -8,13 +8,13 @@
 //! lane keeps its own partial sum in a vector register; the four lanes are then stored to a
 //! small stack array and summed in a fixed order, which keeps results deterministic.
 
-use super::conv::{PADDED_LOCAL_MAX, conv2d_with, fill};
+use super::conv::{PADDED_LOCAL_MAX, conv2d_with, copy_row, fill};
 use super::dense::dense_with;
 use super::simple::{map, per_image};
 use super::{act, pool_plane};
 use crate::codegen::loop_ir::{
     Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
-    split, split_overlapping, v,
+    split, v,
 };
 use crate::codegen::{Activation, Epilogue, KernelSpec, window_out};
 
@@ -432,18 +432,7 @@ fn conv_grad_w(
     let taps = c_out * c_in * kh * kw;
     let mut b = KernelBuilder::new();
     let tiled = 5 * taps <= GRAD_W_LOCAL_MAX;
-    // Per tap: four vector lanes and one scalar tail sum, carried from tile to tile; untiled,
-    // one block's lanes, parked for the final sum.
-    let (lanes, tails) = if tiled {
-        (b.local(4 * taps), b.local(taps))
-    } else {
-        (b.local(4 * grad_w_channels(kw) * kw), b.local(1))
-    };
     let mut body = Vec::new();
-    if tiled {
-        body.extend(fill(&mut b, lanes, 4 * taps));
-        body.extend(fill(&mut b, tails, taps));
-    }
     let wp = w + 2 * pw;
     // A layer with column padding, or with a column tail (whose taps then go on the lanes),
     // reads a copy of each tile's input channel.
@@ -462,6 +451,20 @@ fn conv_grad_w(
     let vtails = (padded.is_some() && has_tail(ow)).then(|| b.local(rows_of_taps * 4 * chunks));
     if let Some(t) = vtails {
         body.extend(fill(&mut b, t, rows_of_taps * 4 * chunks));
+    }
+    // Per tap: four vector lanes, and a scalar tail sum unless `vtails` holds it, carried
+    // from tile to tile; untiled, one block's lanes, parked for the final sum.
+    let (lanes, tails) = if tiled {
+        let tails = if vtails.is_some() { 1 } else { taps };
+        (b.local(4 * taps), b.local(tails))
+    } else {
+        (b.local(4 * grad_w_channels(kw) * kw), b.local(1))
+    };
+    if tiled {
+        body.extend(fill(&mut b, lanes, 4 * taps));
+        if vtails.is_none() {
+            body.extend(fill(&mut b, tails, taps));
+        }
     }
     let (tile, ci, ky) = (b.var(), b.var(), b.var());
     // The images of a tile, or all of the call's.
@@ -703,25 +706,15 @@ fn conv_grad_w(
             }
         },
     );
-    let mut per_tile = Vec::new();
-    let ci_body = if let Some(p) = padded {
+    let per_tile = if let Some(p) = padded {
         // This tile's images of input channel `ci`, into the bordered copy.
         let (n, y) = (b.var(), b.var());
-        let copy = split_overlapping(&mut b, w, &[8, 4], |b, xv, step| {
-            let u = b.var();
-            let col = v(xv) + v(u) * 4usize;
-            vec![for_(
-                u,
-                0usize,
-                (step / 4).max(1),
-                LoopKind::Unroll,
-                vec![store(
-                    p,
-                    ((v(n) - first.clone()) * h + v(y)) * wp + col.clone() + pw,
-                    Val::load(x, ((v(n) * c_in + v(ci)) * h + v(y)) * w + col),
-                )],
-            )]
-        });
+        let copy = copy_row(
+            &mut b,
+            w,
+            (x, ((v(n) * c_in + v(ci)) * h + v(y)) * w),
+            (p, ((v(n) - first.clone()) * h + v(y)) * wp + pw),
+        );
         let mut s = vec![for_(
             n,
             first.clone(),
@@ -735,7 +728,6 @@ fn conv_grad_w(
     } else {
         per_ci
     };
-    per_tile.extend(ci_body);
     if tiled {
         body.push(Stmt::Loop {
             var: tile,
