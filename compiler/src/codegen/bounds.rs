@@ -16,11 +16,11 @@
 //! it in release builds over every kernel kind and over every kernel of the random graphs
 //! of `runtime/tests/random_graphs.rs`.
 
-use super::loop_ir::{Buf, Guard, IVar, Idx, Kernel, LoopKind, N_BEGIN, N_END, Stmt, Val};
+use super::loop_ir::{Buf, Guard, IVar, Idx, Kernel, N_BEGIN, N_END, Stmt, Val};
 use super::{CodegenError, KernelSpec};
 
-/// Lanes of a `Vector` loop (`F32X4`).
-const LANES: usize = 4;
+/// The most lanes a vector loop has (`Wide`, `F32X8`).
+const LANES: usize = 8;
 
 /// The element indices a kernel touches in one buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub fn extents(kernel: &Kernel, batch: usize) -> Result<Extents, CodegenError> {
     let mut x = Exec {
         kernel,
         env: Vec::new(),
-        vector: false,
+        vector: 1,
         out: Extents {
             params: vec![Extent::default(); kernel.params as usize],
             locals: vec![Extent::default(); kernel.locals.len()],
@@ -134,8 +134,8 @@ struct Exec<'k> {
     kernel: &'k Kernel,
     /// Each variable's value per lane (all lanes equal outside vector loops).
     env: Vec<Option<[i64; LANES]>>,
-    /// Inside a `Vector` loop.
-    vector: bool,
+    /// Lanes of the vector loop around (1 outside one).
+    vector: usize,
     out: Extents,
 }
 
@@ -156,7 +156,7 @@ impl Exec<'_> {
     }
 
     fn lanes(&self) -> usize {
-        if self.vector { LANES } else { 1 }
+        self.vector
     }
 
     fn eval(&self, idx: &Idx, lane: usize) -> Result<i64, CodegenError> {
@@ -224,8 +224,10 @@ impl Exec<'_> {
                 let (lo, hi) = (self.eval(lo, 0)?, self.eval(hi, 0)?);
                 let saved = self.env.get(var.0 as usize).copied().flatten();
                 let outer = self.vector;
-                let vector = *kind == LoopKind::Vector;
-                self.vector |= vector;
+                let vector = kind.lanes() > 1;
+                if vector {
+                    self.vector = kind.lanes();
+                }
                 let mut i = lo;
                 while i < hi {
                     let lanes = if vector {
@@ -248,7 +250,7 @@ impl Exec<'_> {
                 for (j, l) in lanes.iter_mut().enumerate().take(self.lanes()) {
                     *l = self.eval(idx, j)?;
                 }
-                if !self.vector {
+                if self.vector == 1 {
                     lanes = [lanes[0]; LANES];
                 }
                 self.bind(*var, lanes);
@@ -293,7 +295,7 @@ impl Exec<'_> {
             Val::Exp(x) | Val::ExpNeg(x) => self.val(x),
             Val::Splatted { buf, idx } => {
                 let i = self.eval(idx, 0)?;
-                let n = if self.lanes() > 1 { 4 } else { 1 };
+                let n = self.lanes() as i64;
                 for k in 0..n {
                     self.extent(*buf)?.record(i + k, false);
                 }

@@ -28,8 +28,6 @@ use super::loop_ir::{
 };
 use super::math;
 
-/// Lanes of the only vector type Cranelift 0.135 offers on x64 (`F32X4`).
-const LANES: i64 = 4;
 
 /// What an index variable stands for at the current emission point.
 #[derive(Clone, Copy)]
@@ -64,7 +62,7 @@ struct Frame {
     /// Index sums computed before the loop, by their terms.
     sums: HashMap<AddrKey, Value>,
     /// Read-only values loaded before the loop, by buffer, index terms, constant and width.
-    loads: HashMap<(Buf, AddrKey, i64, bool), Value>,
+    loads: HashMap<(Buf, AddrKey, i64, i64), Value>,
     /// Whether the body has no loop of its own (unrolled loops aside), so that vector
     /// constants are emitted before the loop ([`math::Consts`]).
     leaf: bool,
@@ -121,7 +119,7 @@ pub(crate) fn emit_kernel(kernel: &Kernel, b: &mut FunctionBuilder) -> Result<()
         bases,
         locals,
         env: HashMap::new(),
-        vec: false,
+        lanes: 1,
         regs: HashMap::new(),
         reg_width: HashMap::new(),
         cache: vec![HashMap::new()],
@@ -153,11 +151,12 @@ struct Emitter<'a, 'f> {
     bases: Vec<Value>,
     locals: Vec<Value>,
     env: HashMap<IVar, Bind>,
-    /// Whether we are inside a `Vector` loop, i.e. float values are `F32X4`.
-    vec: bool,
-    regs: HashMap<(u32, i64, bool), Variable>,
-    /// The width (vector or not) at which each register was last assigned.
-    reg_width: HashMap<(u32, i64), bool>,
+    /// Lanes of the float values here: 1 outside vector loops, 4 inside a `Vector` loop
+    /// (`F32X4`), 8 inside a `Wide` one (`F32X8`).
+    lanes: i64,
+    regs: HashMap<(u32, i64, i64), Variable>,
+    /// The lanes at which each register was last assigned.
+    reg_width: HashMap<(u32, i64), i64>,
     /// Scoped cache of address bases; a scope is pushed for every block region so a cached
     /// value always dominates its later uses.
     cache: Vec<HashMap<AddrKey, Value>>,
@@ -194,8 +193,36 @@ impl Emitter<'_, '_> {
         self.next_key
     }
 
+    /// Whether we are inside a vector loop.
+    fn vec(&self) -> bool {
+        self.lanes > 1
+    }
+
+    /// The type of float values here.
     fn fty(&self) -> Type {
-        if self.vec { types::F32X4 } else { types::F32 }
+        match self.lanes {
+            1 => types::F32,
+            4 => types::F32X4,
+            _ => types::F32X8,
+        }
+    }
+
+    /// A float value `x` splatted to the lanes here (unchanged outside vector loops).
+    fn splat(&mut self, x: Value) -> Value {
+        if self.vec() {
+            let ty = self.fty();
+            self.b.ins().splat(ty, x)
+        } else {
+            x
+        }
+    }
+
+    /// Fails inside a `Wide` loop, which has no per-lane code (see [`LoopKind::Wide`]).
+    fn narrow(&self, what: &'static str) -> Result<(), CodegenError> {
+        if self.lanes == 8 {
+            return Err(self.bad(what));
+        }
+        Ok(())
     }
 
     fn bind(&self, v: IVar) -> Result<Bind, CodegenError> {
@@ -230,7 +257,7 @@ impl Emitter<'_, '_> {
                 let x = self.val(val)?;
                 let elem = self.const_of(&reg.elem)?;
                 let ty = self.fty();
-                let wide = self.vec;
+                let wide = self.lanes;
                 let var = match self.regs.get(&(reg.id, elem, wide)) {
                     Some(&v) => v,
                     None => {
@@ -248,9 +275,10 @@ impl Emitter<'_, '_> {
                     return Err(self.bad("a store to a read-only buffer"));
                 }
                 let x = self.val(val)?;
-                if self.vec && self.stride(idx)? != Some(1) {
+                if self.vec() && self.stride(idx)? != Some(1) {
                     // A scatter: lanes do not land on consecutive floats.
-                    for j in 0..LANES {
+                    self.narrow("a scatter in a Wide loop")?;
+                    for j in 0..self.lanes {
                         let e = self.b.ins().extractlane(x, j as u8);
                         let (p, off) = self.addr(*buf, idx, j)?;
                         self.b.ins().store(flags(), e, p, off);
@@ -286,8 +314,9 @@ impl Emitter<'_, '_> {
                 i += step;
             }
         } else {
-            let vector = kind == LoopKind::Vector;
-            if vector && (self.vec || step % LANES != 0) {
+            let vector = matches!(kind, LoopKind::Vector | LoopKind::Wide);
+            let lanes = kind.lanes() as i64;
+            if vector && (self.vec() || step % lanes != 0) {
                 return Err(self.bad("vector loops must not nest and must step by whole vectors"));
             }
             let runs = match (self.affine(lo, 0)?, self.affine(hi, 0)?) {
@@ -331,12 +360,14 @@ impl Emitter<'_, '_> {
                     stride: Some(i64::from(vector)),
                 },
             );
-            let outer_vec = self.vec;
-            self.vec |= vector;
+            let outer_lanes = self.lanes;
+            if vector {
+                self.lanes = lanes;
+            }
             self.cache.push(HashMap::new());
             self.stmts(body)?;
             self.cache.pop();
-            self.vec = outer_vec;
+            self.lanes = outer_lanes;
             self.frames.pop();
             let next = self.b.ins().iadd_imm_s(i, step);
             self.b.ins().jump(header, &[BlockArg::Value(next)]);
@@ -580,7 +611,7 @@ impl Emitter<'_, '_> {
     /// `buf[idx]` loaded once before the outermost loop it does not depend on, if `buf` is
     /// read-only, `idx` is the same on every lane and every loop from there in runs.
     fn hoisted_load(&mut self, buf: Buf, idx: &Idx) -> Result<Option<Value>, CodegenError> {
-        if !self.read_only.contains(&buf) || (self.vec && self.stride(idx)? != Some(0)) {
+        if !self.read_only.contains(&buf) || (self.vec() && self.stride(idx)? != Some(0)) {
             return Ok(None);
         }
         let Some(a) = self.affine(idx, 0)? else {
@@ -596,13 +627,14 @@ impl Emitter<'_, '_> {
             buf,
             a.terms.iter().map(|t| (t.0, t.2)).collect(),
             a.c,
-            self.vec,
+            self.lanes,
         );
         if let Some(&x) = self.frames[at].loads.get(&key) {
             return Ok(Some(x));
         }
         let off = i32::try_from(4 * a.c).map_err(|_| self.bad("offset exceeds 32 bits"))?;
         let base = self.base(buf);
+        let (vec, ty) = (self.vec(), self.fty());
         let mut pos = FuncCursor::new(self.b.func).at_inst(self.frames[at].entry);
         let p = match sum_at(&mut pos, &a.terms) {
             Some(i) => {
@@ -612,11 +644,7 @@ impl Emitter<'_, '_> {
             None => base,
         };
         let x = pos.ins().load(types::F32, flags(), p, off);
-        let x = if self.vec {
-            pos.ins().splat(types::F32X4, x)
-        } else {
-            x
-        };
+        let x = if vec { pos.ins().splat(ty, x) } else { x };
         self.frames[at].loads.insert(key, x);
         Ok(Some(x))
     }
@@ -668,8 +696,9 @@ impl Emitter<'_, '_> {
     }
 
     fn gather(&mut self, buf: Buf, idx: &Idx, guards: &[Guard]) -> Result<Value, CodegenError> {
+        self.narrow("a gather in a Wide loop")?;
         let mut acc = math::fconst(self.b, types::F32X4, 0.0);
-        for j in 0..LANES {
+        for j in 0..self.lanes {
             let x = self.load_lane(buf, idx, guards, j)?;
             acc = self.b.ins().insertlane(acc, x, j as u8);
         }
@@ -682,7 +711,7 @@ impl Emitter<'_, '_> {
         {
             return Ok(x);
         }
-        if !self.vec {
+        if !self.vec() {
             return self.load_lane(buf, idx, guards, 0);
         }
         let s = self.stride(idx)?;
@@ -692,21 +721,27 @@ impl Emitter<'_, '_> {
             .collect::<Result<Vec<_>, _>>()?;
         if s == Some(0) && gs.iter().all(|g| *g == Some(0)) {
             let x = self.load_lane(buf, idx, guards, 0)?;
-            return Ok(self.b.ins().splat(types::F32X4, x));
+            return Ok(self.splat(x));
         }
         if s != Some(1) || gs.iter().any(Option::is_none) {
             return self.gather(buf, idx, guards);
         }
+        let ty = self.fty();
         if guards.is_empty() {
             let (p, off) = self.addr(buf, idx, 0)?;
-            return Ok(self.b.ins().load(types::F32X4, flags(), p, off));
+            return Ok(self.b.ins().load(ty, flags(), p, off));
+        }
+        // In a Wide loop only lane-invariant guards, which fail on all lanes or none.
+        let invariant = gs.iter().all(|g| *g == Some(0));
+        if !invariant {
+            self.narrow("a lane-varying guard in a Wide loop")?;
         }
         // Affine guards hold on all lanes iff they hold on the first and the last one.
         let mut ok = None;
         for (g, st) in guards.iter().zip(gs) {
             let st = st.expect("checked above");
             let first = self.idx_value(&g.coord, 0)?;
-            let last = self.b.ins().iadd_imm_s(first, (LANES - 1) * st);
+            let last = self.b.ins().iadd_imm_s(first, (self.lanes - 1) * st);
             let (low, high) = if st >= 0 {
                 (first, last)
             } else {
@@ -722,16 +757,19 @@ impl Emitter<'_, '_> {
         let fast = self.b.create_block();
         let slow = self.b.create_block();
         let merge = self.b.create_block();
-        let result = self.b.append_block_param(merge, types::F32X4);
+        let result = self.b.append_block_param(merge, ty);
         self.b.ins().brif(ok, fast, &[], slow, &[]);
         for (block, gather) in [(fast, false), (slow, true)] {
             self.b.switch_to_block(block);
             self.cache.push(HashMap::new());
-            let x = if gather {
+            let x = if gather && self.lanes == 8 {
+                // Lane-invariant guards failed on every lane.
+                math::fconst(self.b, ty, 0.0)
+            } else if gather {
                 self.gather(buf, idx, guards)?
             } else {
                 let (p, off) = self.addr(buf, idx, 0)?;
-                self.b.ins().load(types::F32X4, flags(), p, off)
+                self.b.ins().load(ty, flags(), p, off)
             };
             self.cache.pop();
             self.b.ins().jump(merge, &[BlockArg::Value(x)]);
@@ -743,11 +781,12 @@ impl Emitter<'_, '_> {
     /// `buf[idx] + buf[idx + 1]` (see [`Val::PairSum`]).
     fn pair_sum(&mut self, buf: Buf, idx: &Idx) -> Result<Value, CodegenError> {
         let next = idx.clone() + 1usize;
-        if !self.vec || self.stride(idx)? != Some(2) {
+        if !self.vec() || self.stride(idx)? != Some(2) {
             let a = self.load(buf, idx, &[])?;
             let b = self.load(buf, &next, &[])?;
             return Ok(self.b.ins().fadd(a, b));
         }
+        self.narrow("a pair sum of stride 2 in a Wide loop")?;
         // Lanes j of the pairs are elements 2j and 2j + 1 of the 8 contiguous floats.
         let (p, off) = self.addr(buf, idx, 0)?;
         let lo = self.b.ins().load(types::F32X4, flags(), p, off);
@@ -781,12 +820,12 @@ impl Emitter<'_, '_> {
                     .reg_width
                     .get(&(*id, elem))
                     .ok_or_else(|| self.bad("read of an unset register"))?;
-                if wide && !self.vec {
+                if wide > 1 && wide != self.lanes {
                     return Err(self.bad("vector register read outside its vector loop"));
                 }
                 let x = self.b.use_var(self.regs[&(*id, elem, wide)]);
-                if self.vec && !wide {
-                    self.b.ins().splat(types::F32X4, x)
+                if self.vec() && wide == 1 {
+                    self.splat(x)
                 } else {
                     x
                 }
@@ -816,9 +855,10 @@ impl Emitter<'_, '_> {
             }
             Val::PairSum { buf, idx } => self.pair_sum(*buf, idx)?,
             Val::PairDup { buf, idx } => {
-                if !self.vec {
+                if !self.vec() {
                     return self.load(*buf, idx, &[]);
                 }
+                self.narrow("a pair-duplicated load in a Wide loop")?;
                 // Two floats zero-extended into the two 64-bit halves (one `vpmovzxdq` from
                 // memory), then lanes [0, 0, 2, 2].
                 let (p, off) = self.addr(*buf, idx, 0)?;
@@ -837,25 +877,21 @@ impl Emitter<'_, '_> {
                 math::positive(self.b, &mut consts(&mut self.frames), x)
             }
             Val::Splatted { buf, idx } => {
-                if self.vec && self.stride(idx)? != Some(0) {
+                if self.vec() && self.stride(idx)? != Some(0) {
                     return Err(self.bad("a splatted value's index varies across lanes"));
                 }
                 let (p, off) = self.addr(*buf, idx, 0)?;
-                let ty = if self.vec { types::F32X4 } else { types::F32 };
                 self.b.ins().load(ty, flags(), p, off)
             }
             Val::FromIdx(idx) => {
-                if !self.vec || self.stride(idx)? == Some(0) {
+                if !self.vec() || self.stride(idx)? == Some(0) {
                     let i = self.idx_value(idx, 0)?;
                     let x = self.b.ins().fcvt_from_sint(types::F32, i);
-                    if self.vec {
-                        self.b.ins().splat(types::F32X4, x)
-                    } else {
-                        x
-                    }
+                    self.splat(x)
                 } else {
+                    self.narrow("a lane-varying index value in a Wide loop")?;
                     let mut acc = math::fconst(self.b, types::F32X4, 0.0);
-                    for j in 0..LANES {
+                    for j in 0..self.lanes {
                         let i = self.idx_value(idx, j)?;
                         let x = self.b.ins().fcvt_from_sint(types::F32, i);
                         acc = self.b.ins().insertlane(acc, x, j as u8);
@@ -865,14 +901,15 @@ impl Emitter<'_, '_> {
             }
             Val::Select { guards, a, b } => {
                 let (a, b) = (self.val(a)?, self.val(b)?);
-                if !self.vec {
+                if !self.vec() {
                     match self.guard_ok(guards, 0)? {
                         Some(ok) => self.b.ins().select(ok, a, b),
                         None => a,
                     }
                 } else {
+                    self.narrow("a select in a Wide loop")?;
                     let mut acc = b;
-                    for j in 0..LANES {
+                    for j in 0..self.lanes {
                         if let Some(ok) = self.guard_ok(guards, j)? {
                             let ea = self.b.ins().extractlane(a, j as u8);
                             let eb = self.b.ins().extractlane(b, j as u8);

@@ -6,7 +6,8 @@
 //! ([`N_BEGIN`], [`N_END`]) are runtime values.
 //!
 //! A `Vector` loop runs its body four lanes at a time: inside it every float value is an
-//! `F32X4` whose lane `j` is the body evaluated at `var + j`. A load whose address does not
+//! `F32X4` whose lane `j` is the body evaluated at `var + j` (a `Wide` loop, for hosts with
+//! AVX2, eight lanes in an `F32X8`). A load whose address does not
 //! move with the vector variable becomes a broadcast, one that moves by one float becomes a
 //! vector load, and anything else becomes a per-lane gather; the emitter decides from the
 //! index expression, so kernels never mention lanes. Reductions are plain registers updated
@@ -291,6 +292,33 @@ pub enum LoopKind {
     /// A real loop whose body runs on four lanes; the step must be a multiple of 4 and the
     /// trip range a multiple of the step (see [`split`]).
     Vector,
+    /// A `Vector` loop on eight lanes (`F32X8`, 256-bit AVX2 registers), for hosts with AVX2
+    /// and FMA ([`super::Width`]); the step must be a multiple of 8. Its body may use only
+    /// what needs no per-lane code: loads and stores that move by one float per lane or
+    /// not at all, unguarded or with lane-invariant guards, registers, constants,
+    /// arithmetic, `Exp`/`ExpNeg`, `Positive` and `Splatted` (eight copies). A gather,
+    /// `PairSum`, `PairDup`, a lane-varying `FromIdx` or `Select` is malformed IR there.
+    Wide,
+}
+
+impl LoopKind {
+    /// The lanes of the loop's float values: 1 for `Serial` and `Unroll`, else 4 or 8.
+    pub fn lanes(self) -> usize {
+        match self {
+            LoopKind::Serial | LoopKind::Unroll => 1,
+            LoopKind::Vector => 4,
+            LoopKind::Wide => 8,
+        }
+    }
+
+    /// The vector loop kind of `lanes` lanes (4 or 8).
+    pub fn vector(lanes: usize) -> LoopKind {
+        if lanes == 8 {
+            LoopKind::Wide
+        } else {
+            LoopKind::Vector
+        }
+    }
 }
 
 /// A statement.
@@ -445,23 +473,37 @@ pub fn split_overlapping(
     b: &mut KernelBuilder,
     n: usize,
     steps: &[usize],
+    body: impl FnMut(&mut KernelBuilder, IVar, usize) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    split_overlapping_lanes(b, n, steps, 4, body)
+}
+
+/// [`split_overlapping`] with vectors of `lanes` lanes (4: `Vector` loops, 8: `Wide` ones):
+/// the steps are multiples of `lanes`, the last one `lanes`, and the overlapping trip is at
+/// `n - lanes`; below `lanes` elements it is a scalar loop.
+pub fn split_overlapping_lanes(
+    b: &mut KernelBuilder,
+    n: usize,
+    steps: &[usize],
+    lanes: usize,
     mut body: impl FnMut(&mut KernelBuilder, IVar, usize) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
-    debug_assert!(steps.last() == Some(&4) && steps.iter().all(|s| s % 4 == 0));
-    if n < 4 {
+    debug_assert!(steps.last() == Some(&lanes) && steps.iter().all(|s| s % lanes == 0));
+    if n < lanes {
         return split(b, 0usize.into(), n.into(), &[1], false, body);
     }
-    let main = n - n % 4;
-    let mut out = split(b, 0usize.into(), main.into(), steps, true, &mut body);
+    let main = n - n % lanes;
+    let kind = LoopKind::vector(lanes);
+    let mut out = split_with(b, 0usize.into(), main.into(), steps, Some(kind), &mut body);
     if main < n {
         let var = b.var();
-        let stmts = body(b, var, 4);
+        let stmts = body(b, var, lanes);
         out.push(Stmt::Loop {
             var,
-            lo: (n - 4).into(),
+            lo: (n - lanes).into(),
             hi: n.into(),
-            step: 4,
-            kind: LoopKind::Vector,
+            step: lanes as i64,
+            kind,
             body: stmts,
         });
     }
@@ -479,6 +521,19 @@ pub fn split(
     hi: Idx,
     steps: &[usize],
     vectorize: bool,
+    body: impl FnMut(&mut KernelBuilder, IVar, usize) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    split_with(b, lo, hi, steps, vectorize.then_some(LoopKind::Vector), body)
+}
+
+/// [`split`] whose steps above 1 become loops of kind `vector` (`Vector` or `Wide`), or
+/// `Serial` loops if `None`.
+fn split_with(
+    b: &mut KernelBuilder,
+    lo: Idx,
+    hi: Idx,
+    steps: &[usize],
+    vector: Option<LoopKind>,
     mut body: impl FnMut(&mut KernelBuilder, IVar, usize) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
     let mut out = Vec::new();
@@ -490,10 +545,9 @@ pub fn split(
         } else {
             start.clone() + (hi.clone() - start.clone()).floor_div(step as i64) * step
         };
-        let kind = if step > 1 && vectorize {
-            LoopKind::Vector
-        } else {
-            LoopKind::Serial
+        let kind = match vector {
+            Some(kind) if step > 1 => kind,
+            _ => LoopKind::Serial,
         };
         let stmts = body(b, var, step);
         out.push(Stmt::Loop {

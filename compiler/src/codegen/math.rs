@@ -1,4 +1,4 @@
-//! Inline `exp` for scalar `f32` and `F32X4` values. Cranelift has no exponential
+//! Inline `exp` for scalar `f32`, `F32X4` and `F32X8` values. Cranelift has no exponential
 //! instruction and a libm call per element is several times slower, so this emits a short
 //! scheme tuned for throughput (sigmoid is most of the elementwise work in LeNet): clamp,
 //! `n = round(x log2 e)` read off the mantissa of `x log2 e + M` with one FMA (`M` =
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{Inst, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{Inst, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 /// The clamp range of the argument (see the module comment).
@@ -60,7 +60,7 @@ impl Consts<'_> {
     }
 }
 
-/// Emits `exp(x)` for `x` of type `F32` or `F32X4`.
+/// Emits `exp(x)` for `x` of type `F32`, `F32X4` or `F32X8`.
 pub(crate) fn exp(b: &mut FunctionBuilder, k: &mut Consts, x: Value) -> Value {
     exp_signed(b, k, x, false)
 }
@@ -69,14 +69,10 @@ pub(crate) fn exp(b: &mut FunctionBuilder, k: &mut Consts, x: Value) -> Value {
 /// (relative error 1.05e-7), fitted by iteratively reweighted least squares.
 const EXP_P: [f32; 4] = [0.499_992_3, 0.166_671_14, 0.041_890_1, 0.008_312_51];
 
-/// Emits `exp(-x)` if `neg`, else `exp(x)`, for `x` of type `F32` or `F32X4`.
+/// Emits `exp(-x)` if `neg`, else `exp(x)`, for `x` of type `F32`, `F32X4` or `F32X8`.
 pub(crate) fn exp_signed(b: &mut FunctionBuilder, k: &mut Consts, x: Value, neg: bool) -> Value {
     let ty = b.func.dfg.value_type(x);
-    let ity = if ty.is_vector() {
-        types::I32X4
-    } else {
-        types::I32
-    };
+    let ity = ty.as_int();
     let s = if neg { -1.0 } else { 1.0 };
     // Clamp s*x to [EXP_LO, EXP_HI].
     let (lo, hi) = if neg {
