@@ -17,7 +17,7 @@
 //! of `runtime/tests/random_graphs.rs`.
 
 use super::loop_ir::{Buf, Guard, IVar, Idx, Kernel, N_BEGIN, N_END, Stmt, Val};
-use super::{CodegenError, KernelSpec};
+use super::{CodegenError, KernelSpec, Width};
 
 /// The most lanes a vector loop has (`Wide`, `F32X8`).
 const LANES: usize = 8;
@@ -119,12 +119,14 @@ pub fn check(spec: &KernelSpec, kernel: &Kernel) -> Result<(), CodegenError> {
 }
 
 /// Lowers every spec as [`JitKernels::compile`](super::JitKernels::compile) would (after
-/// validating it) and [`check`]s its kernel; for tests and debug tooling, since release
-/// builds skip the check when compiling.
+/// validating it), for both vector widths, and [`check`]s its kernels; for tests and debug
+/// tooling, since release builds skip the check when compiling.
 pub fn check_specs(specs: &[KernelSpec]) -> Result<(), CodegenError> {
     for (i, spec) in specs.iter().enumerate() {
         super::validate(i, spec)?;
-        check(spec, &super::kernels::lower(i, spec))?;
+        for width in [Width::F32x4, Width::F32x8] {
+            check(spec, &super::kernels::lower(i, spec, width))?;
+        }
     }
     Ok(())
 }

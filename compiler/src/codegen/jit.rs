@@ -11,7 +11,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 
 use super::loop_ir::Kernel;
-use super::{CodegenError, KernelSpec, bounds, emit, kernels, validate};
+use super::{CodegenError, KernelSpec, Width, bounds, emit, kernels, validate};
 
 /// The machine-level signature of every kernel (see the module docs of `codegen`).
 type RawKernel = unsafe extern "C" fn(bufs: *const *mut f32, n_begin: i64, n_end: i64);
@@ -90,24 +90,34 @@ impl JitKernels {
     /// Compiles all `specs` into one module for the host CPU, without keeping the code as
     /// text ([`JitKernels::clif`] and [`JitKernels::disasm`] return `None`).
     pub fn compile(specs: &[KernelSpec]) -> Result<JitKernels, CodegenError> {
-        Self::compile_specs(specs, false)
+        Self::compile_specs(specs, Width::host(), false)
+    }
+
+    /// Compiles like [`JitKernels::compile`] for vectors of `width` instead of the host's
+    /// widest, for comparing the two ([`Width::F32x8`] needs a host with AVX2 and FMA).
+    pub fn compile_for(specs: &[KernelSpec], width: Width) -> Result<JitKernels, CodegenError> {
+        Self::compile_specs(specs, width, false)
     }
 
     /// Compiles like [`JitKernels::compile`] and keeps each kernel's CLIF and machine code as
     /// text (what `bnc compile --emit clif|asm` prints). Printing them costs about a quarter
     /// of the compile time, so only this variant does.
     pub fn compile_with_text(specs: &[KernelSpec]) -> Result<JitKernels, CodegenError> {
-        Self::compile_specs(specs, true)
+        Self::compile_specs(specs, Width::host(), true)
     }
 
-    fn compile_specs(specs: &[KernelSpec], text: bool) -> Result<JitKernels, CodegenError> {
+    fn compile_specs(
+        specs: &[KernelSpec],
+        width: Width,
+        text: bool,
+    ) -> Result<JitKernels, CodegenError> {
         for (i, s) in specs.iter().enumerate() {
             validate(i, s)?;
         }
         let lowered = specs
             .iter()
             .enumerate()
-            .map(|(i, s)| (*s, kernels::lower(i, s)))
+            .map(|(i, s)| (*s, kernels::lower(i, s, width)))
             .collect();
         Self::build(lowered, text)
     }

@@ -494,7 +494,7 @@ pub fn split_overlapping_lanes(
     }
     let main = n - n % lanes;
     let kind = LoopKind::vector(lanes);
-    let mut out = split_with(b, 0usize.into(), main.into(), steps, Some(kind), &mut body);
+    let mut out = split_lanes(b, 0usize.into(), main.into(), steps, lanes, &mut body);
     if main < n {
         let var = b.var();
         let stmts = body(b, var, lanes);
@@ -523,17 +523,20 @@ pub fn split(
     vectorize: bool,
     body: impl FnMut(&mut KernelBuilder, IVar, usize) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
-    split_with(b, lo, hi, steps, vectorize.then_some(LoopKind::Vector), body)
+    let lanes = if vectorize { 4 } else { 1 };
+    split_lanes(b, lo, hi, steps, lanes, body)
 }
 
-/// [`split`] whose steps above 1 become loops of kind `vector` (`Vector` or `Wide`), or
-/// `Serial` loops if `None`.
-fn split_with(
+/// [`split`] whose steps become vector loops of up to `lanes` lanes: a step that is a
+/// multiple of `lanes` (above 1) a loop of that many (`Wide` for 8, `Vector` for 4), any
+/// other step above 1 a `Vector` loop, and steps of 1 (or all steps, for `lanes` 1) `Serial`
+/// loops. The body of a step sees its lanes as [`step_lanes`] gives them.
+pub fn split_lanes(
     b: &mut KernelBuilder,
     lo: Idx,
     hi: Idx,
     steps: &[usize],
-    vector: Option<LoopKind>,
+    lanes: usize,
     mut body: impl FnMut(&mut KernelBuilder, IVar, usize) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
     let mut out = Vec::new();
@@ -545,9 +548,11 @@ fn split_with(
         } else {
             start.clone() + (hi.clone() - start.clone()).floor_div(step as i64) * step
         };
-        let kind = match vector {
-            Some(kind) if step > 1 => kind,
-            _ => LoopKind::Serial,
+        let kind = LoopKind::vector(step_lanes(step, lanes));
+        let kind = if step > 1 && lanes > 1 {
+            kind
+        } else {
+            LoopKind::Serial
         };
         let stmts = body(b, var, step);
         out.push(Stmt::Loop {
@@ -561,4 +566,10 @@ fn split_with(
         start = end;
     }
     out
+}
+
+/// The lanes of the vector loop [`split_lanes`] makes of `step` with vectors of up to
+/// `lanes`: `lanes` if the step is a multiple of it, else 4.
+pub fn step_lanes(step: usize, lanes: usize) -> usize {
+    if step.is_multiple_of(lanes) { lanes } else { 4 }
 }

@@ -40,6 +40,41 @@ mod tests_bounds;
 mod tests_train;
 
 pub use jit::{JitKernels, KernelFn};
+
+/// The vector width kernels are generated for: the lanes of their widest vector loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Width {
+    /// `F32X4` (SSE/AVX 128-bit registers) everywhere.
+    F32x4,
+    /// `F32X8` (AVX2 256-bit registers, with FMA) in the loops that have no per-lane code
+    /// (`loop_ir::LoopKind::Wide`), `F32X4` in the rest.
+    F32x8,
+}
+
+impl Width {
+    /// The widest the host runs: `F32x8` where the CPU has AVX2 and FMA (the vendored
+    /// Cranelift's 256-bit lowering needs both), else `F32x4`. The environment variable
+    /// `BNC_VECTOR_WIDTH=4` caps it at `F32x4` (as oneDNN's `ONEDNN_MAX_CPU_ISA` caps its
+    /// ISA), for comparing the two.
+    pub fn host() -> Width {
+        if std::env::var_os("BNC_VECTOR_WIDTH").is_some_and(|w| w == "4") {
+            return Width::F32x4;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Width::F32x8;
+        }
+        Width::F32x4
+    }
+
+    /// The lanes of the widest vector loops.
+    pub fn lanes(self) -> usize {
+        match self {
+            Width::F32x4 => 4,
+            Width::F32x8 => 8,
+        }
+    }
+}
 pub use reference::reference;
 pub use reference_train::reference_train;
 

@@ -9,15 +9,18 @@
 use super::{EpiBufs, UNROLL_ROWS, pool_plane};
 use crate::codegen::loop_ir::{
     Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
-    split_overlapping, v,
+    split_overlapping, split_overlapping_lanes, v,
 };
-use crate::codegen::{Epilogue, KernelSpec, window_out};
+use crate::codegen::{Epilogue, KernelSpec, Width, window_out};
 
-/// F32X4 pixel vectors per register block of an output row `ow` pixels wide: three where
-/// rows are wide enough to fill them (LeNet's conv1, 24 pixels, measured 9% faster than two),
-/// else two (conv2's 8-pixel rows would leave three-vector blocks empty).
-fn pixel_vectors(ow: usize) -> usize {
-    if ow.is_multiple_of(12) || ow >= 24 {
+/// Pixel vectors of `lanes` lanes per register block of an output row `ow` pixels wide.
+/// F32X4: three where rows are wide enough to fill them (LeNet's conv1, 24 pixels, measured
+/// 9% faster than two), else two (conv2's 8-pixel rows would leave three-vector blocks
+/// empty). F32X8: as many as the row fills, up to three.
+fn pixel_vectors(ow: usize, lanes: usize) -> usize {
+    if lanes == 8 {
+        (ow / 8).clamp(1, 3)
+    } else if ow.is_multiple_of(12) || ow >= 24 {
         3
     } else {
         2
@@ -25,11 +28,15 @@ fn pixel_vectors(ow: usize) -> usize {
 }
 
 /// Output channels per register block: the accumulators (channels x pixel vectors), the
-/// input vectors and a weight broadcast must fit the 16 XMM registers Cranelift allocates.
-/// Five channels by two vectors, or four by three, measured best on LeNet's convs (six by
-/// two spilled).
-fn channel_block(ow: usize) -> usize {
-    if pixel_vectors(ow) == 3 { 4 } else { 5 }
+/// input vectors and a weight broadcast must fit the 16 vector registers Cranelift
+/// allocates. Five channels by two vectors, or four by three, measured best on LeNet's
+/// convs (six by two spilled).
+fn channel_block(ow: usize, lanes: usize) -> usize {
+    match pixel_vectors(ow, lanes) {
+        3 => 4,
+        2 => 5,
+        _ => 8,
+    }
 }
 
 /// The largest zero-bordered image copy (in floats) kept on the stack: 64 KiB, well inside
@@ -87,6 +94,8 @@ pub(super) fn copy_row(
 /// The static shape facts the row emitter needs. `h`, `w` and `padding` describe the
 /// buffer the taps read (`x`): the input itself, or its zero-bordered copy with no padding.
 struct Conv {
+    /// Lanes of the row loops' vectors (4 or 8).
+    lanes: usize,
     /// What the taps read.
     x: Buf,
     /// Whether `x` holds the whole batch (the input) rather than the current image.
@@ -100,20 +109,24 @@ struct Conv {
     padding: [usize; 2],
     ow: usize,
     epi: Epilogue,
-    /// The weights, each stored four times (see [`Val::Splatted`]), if they fit the stack.
+    /// The weights, each stored `lanes` times (see [`Val::Splatted`]), if they fit the
+    /// stack.
     splatted: Option<Buf>,
 }
 
 /// Lowers a `Conv2d` spec.
-pub(super) fn conv2d(index: usize, spec: &KernelSpec) -> Kernel {
-    conv2d_with(index, spec, "conv2d", 0, |_, _, _| (vec![], vec![]))
+pub(super) fn conv2d(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
+    conv2d_with(index, spec, width, "conv2d", 0, |_, _, _| (vec![], vec![]))
 }
 
 /// Lowers a `Conv2d` spec with `extra` buffers after the output and the statements of `hook`
-/// (given the builder, the image variable and the output buffer) in its epilogue.
+/// (given the builder, the image variable and the output buffer) in its epilogue. Output
+/// rows run on vectors of `width` unless the taps need column guards (padding without the
+/// bordered copy), whose per-lane code only `F32X4` loops have.
 pub(super) fn conv2d_with(
     index: usize,
     spec: &KernelSpec,
+    width: Width,
     name: &str,
     extra: u32,
     mut hook: impl FnMut(&mut KernelBuilder, IVar, Buf) -> (Vec<Stmt>, Vec<Stmt>),
@@ -148,7 +161,9 @@ pub(super) fn conv2d_with(
     } else {
         (Buf::Param(0), true, w, padding)
     };
+    let lanes = if cpad[1] > 0 { 4 } else { width.lanes() };
     let mut conv = Conv {
+        lanes,
         x,
         x_image,
         c_in,
@@ -162,11 +177,11 @@ pub(super) fn conv2d_with(
         epi,
         splatted: None,
     };
-    // Each weight stored four times, once per call, so that a vector of it is a plain load.
+    // Each weight stored `lanes` times, once per call, so that a vector of it is a plain load.
     let weights = c_out * (c_in / groups) * kernel[0] * kernel[1];
     let mut splat_fill = Vec::new();
-    if 4 * weights <= SPLATTED_LOCAL_MAX {
-        let table = b.local(4 * weights);
+    if lanes * weights <= SPLATTED_LOCAL_MAX {
+        let table = b.local(lanes * weights);
         let (i, j) = (b.var(), b.var());
         splat_fill.push(for_(
             i,
@@ -176,12 +191,12 @@ pub(super) fn conv2d_with(
             vec![Stmt::Loop {
                 var: j,
                 lo: 0usize.into(),
-                hi: 4usize.into(),
-                step: 4,
-                kind: LoopKind::Vector,
+                hi: lanes.into(),
+                step: lanes as i64,
+                kind: LoopKind::vector(lanes),
                 body: vec![Stmt::Store {
                     buf: table,
-                    idx: v(i) * 4usize + v(j),
+                    idx: v(i) * lanes + v(j),
                     val: Val::load(Buf::Param(1), v(i)),
                 }],
             }],
@@ -189,7 +204,7 @@ pub(super) fn conv2d_with(
         conv.splatted = Some(table);
     }
     // Split each group's channels into blocks of nearly equal size (e.g. 16 = 4 + 4 + 4 + 4).
-    let blocks = og.div_ceil(channel_block(ow));
+    let blocks = og.div_ceil(channel_block(ow, lanes));
     let small = og / blocks;
     let classes = [
         (small + 1, og % blocks, 0),
@@ -290,12 +305,14 @@ impl Conv {
         let [sh, sw] = self.stride;
         let [pad_h, pad_w] = self.padding;
         let (h, w, cg) = (self.h, self.w, self.cg);
-        split_overlapping(
+        let lanes = self.lanes;
+        split_overlapping_lanes(
             b,
             self.ow,
-            &[4 * pixel_vectors(self.ow), 4],
+            &[lanes * pixel_vectors(self.ow, lanes), lanes],
+            lanes,
             |b, ox, step| {
-                let nv = (step / 4).max(1);
+                let nv = (step / lanes).max(1);
                 let (acc, xr) = (b.reg(), b.reg());
                 let (cb, u, ci, ky, kx, xrow, wrow) = (
                     b.var(),
@@ -321,18 +338,18 @@ impl Conv {
                     )],
                 );
                 // Input column ix = ox*sw + kx - pad_w; only padding can take it out of range.
-                let ix = (v(ox) + v(u) * 4usize) * sw + v(kx) - pad_w;
+                let ix = (v(ox) + v(u) * lanes) * sw + v(kx) - pad_w;
                 let guards = Guard::padded(ix, pad_w, w);
                 let x = Val::Load {
                     buf: self.x,
-                    idx: v(xrow) + v(ky) * w + v(u) * (4 * sw) + v(kx),
+                    idx: v(xrow) + v(ky) * w + v(u) * (lanes * sw) + v(kx),
                     guards,
                 };
                 let w_at = v(wrow) + v(ky) * kw + v(cb) * (cg * kh * kw) + v(kx);
                 let wt = match self.splatted {
                     Some(table) => Val::Splatted {
                         buf: table,
-                        idx: w_at * 4usize,
+                        idx: w_at * lanes,
                     },
                     None => Val::load(Buf::Param(1), w_at),
                 };
@@ -412,7 +429,7 @@ impl Conv {
                     bufs,
                     acc_at(),
                     co0.clone() + v(cb),
-                    dst(v(cb), v(ox) + v(u) * 4usize),
+                    dst(v(cb), v(ox) + v(u) * lanes),
                 );
                 vec![
                     init,

@@ -6,10 +6,11 @@
 //! smaller tiles and finally scalar code.
 
 use super::EpiBufs;
-use crate::codegen::Epilogue;
 use crate::codegen::loop_ir::{
-    Buf, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg, split, v,
+    Buf, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg, split, split_lanes,
+    step_lanes, v,
 };
+use crate::codegen::{Epilogue, Width};
 
 /// Images per register tile.
 const IMAGES: usize = 4;
@@ -20,17 +21,27 @@ const IMAGES: usize = 4;
 const VECTORS: usize = 2;
 
 /// Lowers a `Dense` spec.
-pub(super) fn dense(index: usize, in_f: usize, out_f: usize, epi: Epilogue) -> Kernel {
-    dense_with(index, in_f, out_f, epi, "dense", 0, |_, _| vec![])
+pub(super) fn dense(
+    index: usize,
+    in_f: usize,
+    out_f: usize,
+    epi: Epilogue,
+    width: Width,
+) -> Kernel {
+    dense_with(index, in_f, out_f, epi, width, "dense", 0, |_, _| vec![])
 }
 
 /// Lowers a `Dense` spec with `extra` buffers after the output and the statements of `hook`
 /// (given the builder and the output buffer) after the whole batch range is written.
+/// Features run on vectors of `width`, then of four (the rest of a multiple of 8), then
+/// scalars.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn dense_with(
     index: usize,
     in_f: usize,
     out_f: usize,
     epi: Epilogue,
+    width: Width,
     name: &str,
     extra: u32,
     hook: impl FnOnce(&mut KernelBuilder, Buf) -> Vec<Stmt>,
@@ -44,14 +55,21 @@ pub(super) fn dense_with(
         &[IMAGES, 1],
         false,
         |b, n, images| {
-            split(
+            let lanes = width.lanes();
+            let steps: &[usize] = if lanes == 8 {
+                &[8 * VECTORS, 8, 4, 1]
+            } else {
+                &[4 * VECTORS, 4, 1]
+            };
+            split_lanes(
                 b,
                 0usize.into(),
                 out_f.into(),
-                &[4 * VECTORS, 4, 1],
-                true,
+                steps,
+                lanes,
                 |b, j, step| {
-                    let nv = (step / 4).max(1);
+                    let l = step_lanes(step, lanes);
+                    let nv = (step / l).max(1);
                     let (acc, wr, xr) = (b.reg(), b.reg(), b.reg());
                     let (i, u) = (b.var(), b.var());
                     let acc_at = || reg(acc, v(i) * nv + v(u));
@@ -85,7 +103,7 @@ pub(super) fn dense_with(
                             let kk = b.var();
                             let k = v(k0) + v(kk);
                             let wt =
-                                Val::load(Buf::Param(1), k.clone() * out_f + v(j) + v(u) * 4usize);
+                                Val::load(Buf::Param(1), k.clone() * out_f + v(j) + v(u) * l);
                             let x = Val::load(Buf::Param(0), (v(n) + v(i)) * in_f + k);
                             vec![unroll(
                                 kk,
@@ -123,7 +141,7 @@ pub(super) fn dense_with(
                     );
                     let mut stmts = vec![init];
                     stmts.append(&mut reduce);
-                    let feature = v(j) + v(u) * 4usize;
+                    let feature = v(j) + v(u) * l;
                     let out = Stmt::Store {
                         buf: bufs.out,
                         idx: (v(n) + v(i)) * out_f + feature.clone(),

@@ -11,18 +11,18 @@ mod train_back;
 use super::loop_ir::{
     BinOp, Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, reg, split, v,
 };
-use super::{Activation, Epilogue, KernelSpec, Pool2d, PoolKind};
+use super::{Activation, Epilogue, KernelSpec, Pool2d, PoolKind, Width};
 
-/// Lowers spec number `index` to loop IR.
-pub(crate) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
+/// Lowers spec number `index` to loop IR for vectors of `width`.
+pub(crate) fn lower(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
     match *spec {
-        KernelSpec::Conv2d { .. } => conv::conv2d(index, spec),
-        KernelSpec::Dense { in_f, out_f, epi } => dense::dense(index, in_f, out_f, epi),
+        KernelSpec::Conv2d { .. } => conv::conv2d(index, spec, width),
+        KernelSpec::Dense { in_f, out_f, epi } => dense::dense(index, in_f, out_f, epi, width),
         KernelSpec::TrainConv2d { .. }
         | KernelSpec::TrainDense { .. }
         | KernelSpec::BnActPool { .. }
         | KernelSpec::ConvGradW { .. }
-        | KernelSpec::DenseGradW { .. } => train::lower(index, spec),
+        | KernelSpec::DenseGradW { .. } => train::lower(index, spec, width),
         KernelSpec::PoolActBack { .. } | KernelSpec::BnBackDx { .. } => {
             train_back::lower(index, spec)
         }

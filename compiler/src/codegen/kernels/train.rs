@@ -16,10 +16,11 @@ use crate::codegen::loop_ir::{
     Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
     split, v,
 };
-use crate::codegen::{Activation, Epilogue, KernelSpec, window_out};
+use crate::codegen::{Activation, Epilogue, KernelSpec, Width, window_out};
 
-/// Lowers the training specs.
-pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
+/// Lowers the training specs; the forward convolutions and dense layers use vectors of
+/// `width`.
+pub(super) fn lower(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
     match *spec {
         KernelSpec::TrainConv2d { c_out, stats, .. } => {
             // The forward convolution is the inference kernel without activation.
@@ -28,6 +29,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
             conv2d_with(
                 index,
                 &conv,
+                width,
                 "train_conv2d",
                 u32::from(stats),
                 |b, n, out| {
@@ -56,6 +58,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
                 in_f,
                 out_f,
                 epi,
+                width,
                 "train_dense",
                 u32::from(stats),
                 |b, out| {
