@@ -28,7 +28,6 @@ use super::loop_ir::{
 };
 use super::math;
 
-
 /// What an index variable stands for at the current emission point.
 #[derive(Clone, Copy)]
 enum Bind {

@@ -38,6 +38,8 @@ mod tests;
 mod tests_bounds;
 #[cfg(test)]
 mod tests_train;
+#[cfg(test)]
+mod tests_wide;
 
 pub use jit::{JitKernels, KernelFn};
 

@@ -197,11 +197,15 @@ proptest! {
     /// Every kernel stays inside its buffers, writes every element of each buffer it
     /// produces, and never writes a buffer it reads.
     #[test]
-    fn every_kernel_stays_inside_its_buffers(spec in any_spec(), batch in 1usize..4) {
+    fn every_kernel_stays_inside_its_buffers(
+        spec in any_spec(),
+        batch in 1usize..4,
+        width in prop::sample::select(vec![Width::F32x4, Width::F32x8]),
+    ) {
         // A strided conv can leave fewer rows than its pool's window (the case in
         // proptest-regressions); such specs are rejected before lowering, so skip them.
         prop_assume!(validate(0, &spec).is_ok());
-        let kernel = kernels::lower(0, &spec);
+        let kernel = kernels::lower(0, &spec, width);
         bounds::check(&spec, &kernel).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let e = extents(&kernel, batch).expect("well-formed loop ir");
         for ((name, len), x) in spec.buffer_names().into_iter().zip(spec.buffer_lens(batch)).zip(&e.params) {
@@ -251,8 +255,11 @@ fn lenet_extents_are_the_buffer_lengths() {
         },
     ];
     bounds::check_specs(&specs).expect("in bounds");
-    for spec in specs {
-        let e = extents(&kernels::lower(0, &spec), 2).unwrap();
+    for (spec, width) in specs
+        .iter()
+        .flat_map(|&s| [(s, Width::F32x4), (s, Width::F32x8)])
+    {
+        let e = extents(&kernels::lower(0, &spec, width), 2).unwrap();
         let maxima: Vec<Option<i64>> = e.params.iter().map(|x| x.max).collect();
         let lens: Vec<Option<i64>> = spec
             .buffer_lens(2)

@@ -102,8 +102,7 @@ pub(super) fn dense_with(
                         |b, k0, step| {
                             let kk = b.var();
                             let k = v(k0) + v(kk);
-                            let wt =
-                                Val::load(Buf::Param(1), k.clone() * out_f + v(j) + v(u) * l);
+                            let wt = Val::load(Buf::Param(1), k.clone() * out_f + v(j) + v(u) * l);
                             let x = Val::load(Buf::Param(0), (v(n) + v(i)) * in_f + k);
                             vec![unroll(
                                 kk,

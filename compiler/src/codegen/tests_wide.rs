@@ -1,0 +1,275 @@
+//! The `F32X8` kernels against the `F32X4` ones. A vector lane computes one output element
+//! with the same operations in the same order at either width, so the two must agree bit
+//! for bit on every buffer they write; the other tests check the host's width (`F32X8`
+//! where the CPU has AVX2) against the reference. Also: the emitter refuses per-lane code
+//! in a `Wide` loop instead of miscompiling it.
+
+use super::loop_ir::{Buf, KernelBuilder, LoopKind, Stmt, Val, for_, split_lanes, v};
+use super::tests::{Lcg, random_inputs};
+use super::*;
+
+/// Whether this host runs `F32X8` kernels; prints why a test is skipped if not.
+fn wide_host() -> bool {
+    let ok = Width::host() == Width::F32x8;
+    if !ok {
+        eprintln!("skipped: the host has no AVX2 and FMA (or BNC_VECTOR_WIDTH=4)");
+    }
+    ok
+}
+
+/// Every buffer of `spec` after one call on `n` random images, compiled for `width`.
+fn run(spec: KernelSpec, width: Width, n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let lens = spec.buffer_lens(n);
+    let names = spec.buffer_names();
+    let outputs = ["output", "stats", "saved"];
+    let inputs = names.iter().filter(|n| !outputs.contains(n)).count();
+    let mut bufs = random_inputs(&spec, n, inputs, &mut Lcg(seed));
+    if names.get(1) == Some(&"weight") {
+        bufs[1] = pack_weight(&spec, &bufs[1]);
+    }
+    bufs.extend(lens[inputs..].iter().map(|&len| vec![f32::NAN; len]));
+    let jit = JitKernels::compile_for(&[spec], width).expect("compiles");
+    jit.run_bufs(0, &mut bufs, n).expect("buffers fit");
+    bufs
+}
+
+fn assert_same_bits(spec: KernelSpec, n: usize) {
+    let narrow = run(spec, Width::F32x4, n, 7);
+    let wide = run(spec, Width::F32x8, n, 7);
+    for (i, (a, b)) in narrow.iter().zip(&wide).enumerate() {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{spec:?}: buffer {i} differs between F32X4 and F32X8");
+    }
+}
+
+const SIGMOID_AVG: Epilogue = Epilogue {
+    bias: true,
+    scale_shift: false,
+    act: Activation::Sigmoid,
+    pool: Some(Pool2d {
+        kind: PoolKind::Avg,
+        kernel: [2, 2],
+        stride: [2, 2],
+        padding: [0, 0],
+        count_include_pad: true,
+    }),
+};
+
+fn conv(
+    c_in: usize,
+    hw: [usize; 2],
+    c_out: usize,
+    k: usize,
+    pad: usize,
+    epi: Epilogue,
+) -> KernelSpec {
+    KernelSpec::Conv2d {
+        c_in,
+        h: hw[0],
+        w: hw[1],
+        c_out,
+        kernel: [k, k],
+        stride: [1, 1],
+        padding: [pad, pad],
+        groups: 1,
+        epi,
+    }
+}
+
+/// LeNet's convolutions and dense layers, rows and feature counts that leave tails (an
+/// overlapping last vector, a four-lane rest, scalars), padding with and without the
+/// bordered copy, every epilogue part, and the training forwards with their statistics.
+#[test]
+fn wide_kernels_match_narrow_bit_for_bit() {
+    if !wide_host() {
+        return;
+    }
+    let relu = Epilogue {
+        act: Activation::Relu,
+        ..Epilogue::NONE
+    };
+    let tanh_ss = Epilogue {
+        scale_shift: true,
+        act: Activation::Tanh,
+        ..Epilogue::NONE
+    };
+    let specs = [
+        conv(1, [28, 28], 6, 5, 0, SIGMOID_AVG),
+        conv(6, [12, 12], 16, 5, 0, SIGMOID_AVG),
+        conv(3, [14, 14], 7, 3, 0, relu),
+        conv(2, [13, 19], 5, 3, 1, tanh_ss),
+        conv(4, [9, 9], 9, 3, 1, SIGMOID_AVG),
+        // Too large for the bordered copy: guarded taps, which stay on four lanes.
+        conv(4, [70, 70], 3, 3, 1, relu),
+        conv(3, [6, 6], 2, 3, 0, Epilogue::NONE),
+        KernelSpec::Conv2d {
+            c_in: 4,
+            h: 11,
+            w: 11,
+            c_out: 6,
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [0, 0],
+            groups: 2,
+            epi: relu,
+        },
+        KernelSpec::Dense {
+            in_f: 256,
+            out_f: 120,
+            epi: Epilogue {
+                bias: true,
+                act: Activation::Sigmoid,
+                ..Epilogue::NONE
+            },
+        },
+        KernelSpec::Dense {
+            in_f: 120,
+            out_f: 84,
+            epi: tanh_ss,
+        },
+        KernelSpec::Dense {
+            in_f: 84,
+            out_f: 10,
+            epi: Epilogue {
+                bias: true,
+                ..Epilogue::NONE
+            },
+        },
+        KernelSpec::Dense {
+            in_f: 7,
+            out_f: 29,
+            epi: relu,
+        },
+        KernelSpec::TrainConv2d {
+            c_in: 1,
+            h: 28,
+            w: 28,
+            c_out: 6,
+            kernel: [5, 5],
+            stride: [1, 1],
+            padding: [0, 0],
+            bias: false,
+            stats: true,
+        },
+        KernelSpec::TrainConv2d {
+            c_in: 3,
+            h: 10,
+            w: 10,
+            c_out: 4,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            bias: true,
+            stats: false,
+        },
+        KernelSpec::TrainDense {
+            in_f: 256,
+            out_f: 120,
+            bias: false,
+            stats: true,
+        },
+        KernelSpec::TrainDense {
+            in_f: 30,
+            out_f: 13,
+            bias: true,
+            stats: false,
+        },
+    ];
+    for spec in specs {
+        for n in [1, 3, 8] {
+            assert_same_bits(spec, n);
+        }
+    }
+}
+
+/// `exp` and `exp_neg` on eight lanes give the four-lane bits, over the whole range the
+/// four-lane accuracy test covers (saturation, infinities, NaN-free).
+#[test]
+fn wide_exp_matches_narrow() {
+    if !wide_host() {
+        return;
+    }
+    let mut xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.06).collect();
+    xs.extend([
+        -1e30,
+        -88.8,
+        -87.3,
+        88.0,
+        89.0,
+        1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ]);
+    for f in [Val::exp, Val::exp_neg] {
+        let mut outs = Vec::new();
+        for lanes in [4, 8] {
+            let jit = elementwise(xs.len(), lanes, f);
+            let mut out = vec![0.0; xs.len()];
+            jit.run(0, &[&xs], &mut out, 1).unwrap();
+            outs.push(out);
+        }
+        assert!(
+            outs[0]
+                .iter()
+                .zip(&outs[1])
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+    }
+}
+
+/// `out = f(x)` over `len` floats in vectors of `lanes`, then scalars.
+fn elementwise(len: usize, lanes: usize, f: fn(Val) -> Val) -> JitKernels {
+    let mut b = KernelBuilder::new();
+    let body = split_lanes(
+        &mut b,
+        0usize.into(),
+        len.into(),
+        &[lanes, 1],
+        lanes,
+        |_, i, _| {
+            vec![Stmt::Store {
+                buf: Buf::Param(1),
+                idx: v(i),
+                val: f(Val::load(Buf::Param(0), v(i))),
+            }]
+        },
+    );
+    let n = b.var();
+    let kernel = b.finish(
+        "elementwise".into(),
+        2,
+        vec![for_(n, 0usize, 1usize, LoopKind::Serial, body)],
+    );
+    let spec = KernelSpec::Unary {
+        len,
+        act: Activation::None,
+    };
+    JitKernels::build(vec![(spec, kernel)], false).unwrap()
+}
+
+/// A load whose index moves by two floats per lane needs a gather, which `Wide` loops do
+/// not have: the emitter says so instead of emitting wrong code.
+#[test]
+fn wide_loops_refuse_per_lane_code() {
+    let mut b = KernelBuilder::new();
+    let i = b.var();
+    let body = vec![Stmt::Loop {
+        var: i,
+        lo: 0usize.into(),
+        hi: 8usize.into(),
+        step: 8,
+        kind: LoopKind::Wide,
+        body: vec![Stmt::Store {
+            buf: Buf::Param(1),
+            idx: v(i),
+            val: Val::load(Buf::Param(0), v(i) * 2usize),
+        }],
+    }];
+    let kernel = b.finish("gather".into(), 2, body);
+    let spec = KernelSpec::Unary {
+        len: 16,
+        act: Activation::None,
+    };
+    let err = JitKernels::build(vec![(spec, kernel)], false).unwrap_err();
+    assert!(err.to_string().contains("a gather in a Wide loop"), "{err}");
+}
