@@ -6,6 +6,8 @@ mod align;
 mod and;
 mod atomic;
 mod avg;
+// bnc patch: 256-bit (VEX.256) instructions.
+mod avx256;
 mod bitmanip;
 mod cmov;
 mod cmp;
@@ -46,6 +48,8 @@ pub fn list() -> Vec<Inst> {
     all.extend(and::list());
     all.extend(atomic::list());
     all.extend(avg::list());
+    // bnc patch: 256-bit (VEX.256) instructions.
+    all.extend(avx256::list());
     all.extend(bitmanip::list());
     all.extend(cmov::list());
     all.extend(cmp::list());

@@ -1,6 +1,14 @@
 pub mod encode {
     use crate::{CodeSink, inst};
 
+    /// bnc patch: `vzeroupper` (`VEX.128.0F.WIG 77`): a two-byte VEX prefix
+    /// with no register operands, then the opcode.
+    pub fn vzeroupper_zo(_: &inst::vzeroupper_zo, buf: &mut impl CodeSink) {
+        buf.put1(0xC5);
+        buf.put1(0xF8);
+        buf.put1(0x77);
+    }
+
     /// `NOP`
     pub fn nop_1b(_: &inst::nop_1b, buf: &mut impl CodeSink) {
         buf.put1(0x90);

@@ -373,6 +373,23 @@ impl<R: AsReg, M: AsReg> XmmMem<R, M> {
         }
     }
 
+    /// bnc patch: pretty-print the operand as a 256-bit YMM register or
+    /// memory operand.
+    pub fn to_string_ymm(&self) -> String {
+        match self {
+            XmmMem::Xmm(xmm) => crate::xmm::ymm_name(xmm.to_string(None)),
+            XmmMem::Mem(amode) => amode.to_string(),
+        }
+    }
+
+    /// bnc patch: like [`Self::to_string_ymm`], in XED's dialect.
+    pub fn to_string_xed_ymm(&self) -> String {
+        match self {
+            XmmMem::Xmm(xmm) => crate::xmm::ymm_name(xmm.to_string(None)),
+            XmmMem::Mem(amode) => alloc::format!("{amode:#}"),
+        }
+    }
+
     /// Pretty-print the operand in XED's dialect; see [`Amode`]'s `Display`.
     pub fn to_string_xed(&self) -> String {
         match self {

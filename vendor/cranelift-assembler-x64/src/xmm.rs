@@ -31,6 +31,12 @@ impl<R: AsReg> Xmm<R> {
         self.0.to_string(None)
     }
 
+    /// bnc patch: return the register name as a 256-bit YMM register (the
+    /// same register as the XMM one, printed `%ymmN`).
+    pub fn to_string_ymm(&self) -> String {
+        ymm_name(self.0.to_string(None))
+    }
+
     /// Emit this register as the `r/m` field of a ModR/M byte.
     pub(crate) fn encode_modrm(&self, sink: &mut impl CodeSink, enc_reg: u8) {
         sink.put1(encode_modrm(0b11, enc_reg & 0b111, self.enc() & 0b111));
@@ -45,6 +51,15 @@ impl<R: AsReg> Xmm<R> {
     /// register. We expect this register to be in the `rm` slot.
     pub(crate) fn encode_bx_regs(&self) -> (Option<u8>, Option<u8>) {
         (Some(self.enc()), None)
+    }
+}
+
+/// bnc patch: rename a printed XMM register (`%xmm3`) to its YMM view
+/// (`%ymm3`); other names (e.g. virtual registers) are kept.
+pub(crate) fn ymm_name(name: String) -> String {
+    match name.strip_prefix("%xmm") {
+        Some(rest) => alloc::format!("%ymm{rest}"),
+        None => name,
     }
 }
 

@@ -339,6 +339,15 @@ pub enum Location {
     xmm_m64,
     xmm_m128,
 
+    // bnc patch: YMM registers (the 256-bit view of the XMM registers, for
+    // VEX.256 instructions), and their 256-bit memory form. They are XMM-class
+    // registers for register allocation; only the operand width and the
+    // printed register name (`%ymmN`) differ.
+    ymm1,
+    ymm2,
+    ymm3,
+    ymm_m256,
+
     // Memory-only locations.
     m8,
     m16,
@@ -358,6 +367,8 @@ impl Location {
             eax | edx | imm32 | r32 | r32a | r32b | rm32 | m32 | xmm_m32 => 32,
             rax | rbx | rcx | rdx | imm64 | r64 | r64a | r64b | rm64 | m64 | xmm_m64 => 64,
             xmm1 | xmm2 | xmm3 | xmm_m128 | xmm0 | m128 => 128,
+            // bnc patch: YMM operands.
+            ymm1 | ymm2 | ymm3 | ymm_m256 => 256,
         }
     }
 
@@ -407,6 +418,9 @@ impl Location {
             r8 | r16 | r32 | r32a | r32b | r64 | r64a | r64b | xmm1 | xmm2 | xmm3 => {
                 OperandKind::Reg(*self)
             }
+            // bnc patch: YMM operands.
+            ymm1 | ymm2 | ymm3 => OperandKind::Reg(*self),
+            ymm_m256 => OperandKind::RegMem(*self),
             rm8 | rm16 | rm32 | rm64 | xmm_m8 | xmm_m16 | xmm_m32 | xmm_m64 | xmm_m128 => {
                 OperandKind::RegMem(*self)
             }
@@ -428,6 +442,8 @@ impl Location {
             xmm1 | xmm2 | xmm3 | xmm_m8 | xmm_m16 | xmm_m32 | xmm_m64 | xmm_m128 | xmm0 => {
                 Some(RegClass::Xmm)
             }
+            // bnc patch: YMM operands are XMM-class registers.
+            ymm1 | ymm2 | ymm3 | ymm_m256 => Some(RegClass::Xmm),
         }
     }
 }
@@ -474,6 +490,12 @@ impl core::fmt::Display for Location {
             xmm_m32 => write!(f, "xmm_m32"),
             xmm_m64 => write!(f, "xmm_m64"),
             xmm_m128 => write!(f, "xmm_m128"),
+
+            // bnc patch: YMM operands.
+            ymm1 => write!(f, "ymm1"),
+            ymm2 => write!(f, "ymm2"),
+            ymm3 => write!(f, "ymm3"),
+            ymm_m256 => write!(f, "ymm_m256"),
 
             m8 => write!(f, "m8"),
             m16 => write!(f, "m16"),

@@ -32,6 +32,9 @@ impl dsl::Operand {
             xmm_m8 | xmm_m16 | xmm_m32 | xmm_m64 | xmm_m128 => {
                 format!("XmmMem<R::{mut_}Xmm, R::ReadGpr>")
             }
+            // bnc patch: YMM operands reuse the XMM operand types.
+            ymm1 | ymm2 | ymm3 => format!("Xmm<R::{mut_}Xmm>"),
+            ymm_m256 => format!("XmmMem<R::{mut_}Xmm, R::ReadGpr>"),
             m8 | m16 | m32 | m64 | m128 => format!("Amode<R::ReadGpr>"),
             xmm0 => format!("Fixed<R::{mut_}Xmm, {{ xmm::enc::XMM0 }}>"),
         }
@@ -68,6 +71,8 @@ impl dsl::Location {
             | m32 | m64 | m128 => {
                 format!("self.{self}.to_string()")
             }
+            // bnc patch: YMM operands print as `%ymmN`.
+            ymm1 | ymm2 | ymm3 | ymm_m256 => format!("self.{self}.to_string_ymm()"),
         }
     }
 
@@ -84,6 +89,8 @@ impl dsl::Location {
             xmm_m8 | xmm_m16 | xmm_m32 | xmm_m64 | xmm_m128 => {
                 Some(format!("self.{self}.to_string_xed()"))
             }
+            // bnc patch: YMM register-or-memory operand.
+            ymm_m256 => Some(format!("self.{self}.to_string_xed_ymm()")),
             m8 | m16 | m32 | m64 | m128 => Some(format!("alloc::format!(\"{{:#}}\", self.{self})")),
             _ => None,
         }
@@ -103,6 +110,8 @@ impl dsl::Location {
                 panic!("no need to generate a size for memory-only access")
             }
             xmm1 | xmm2 | xmm3 | xmm_m8 | xmm_m16 | xmm_m32 | xmm_m64 | xmm_m128 | xmm0 => None,
+            // bnc patch: YMM operands.
+            ymm1 | ymm2 | ymm3 | ymm_m256 => None,
         }
     }
 }
