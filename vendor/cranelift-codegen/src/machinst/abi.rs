@@ -1147,6 +1147,12 @@ pub struct Callee<M: ABIMachineSpec> {
     sig: Sig,
     /// Defined dynamic types.
     dynamic_type_sizes: HashMap<Type, u32>,
+    /// bnc patch: the width in bytes of the widest fixed-size vector value in
+    /// the function if it is wider than 16 bytes (a 256-bit `F32X8`, say),
+    /// else 0. Such a function spills, reloads and moves every float-class
+    /// register at this width, since the register allocator knows only the
+    /// class of a value, not its type.
+    wide_vector_bytes: u32,
     /// Offsets to each dynamic stackslot.
     dynamic_stackslots: PrimaryMap<DynamicStackSlot, u32>,
     /// Offsets to each sized stackslot.
@@ -1301,6 +1307,16 @@ impl<M: ABIMachineSpec> Callee<M> {
             dynamic_type_sizes.insert(ty, size);
         }
 
+        // bnc patch: see `wide_vector_bytes`.
+        let wide_vector_bytes = f
+            .dfg
+            .values()
+            .map(|v| f.dfg.value_type(v))
+            .filter(|ty| ty.is_vector() && ty.bytes() > 16)
+            .map(|ty| ty.bytes())
+            .max()
+            .unwrap_or(0);
+
         // Figure out what instructions, if any, will be needed to check the
         // stack limit. This can either be specified as a special-purpose
         // argument or as a global value which often calculates the stack limit
@@ -1316,6 +1332,7 @@ impl<M: ABIMachineSpec> Callee<M> {
             sig,
             dynamic_stackslots,
             dynamic_type_sizes,
+            wide_vector_bytes,
             sized_stackslots,
             sized_stackslot_keys,
             stackslots_size,
@@ -2405,6 +2422,8 @@ impl<M: ABIMachineSpec> Callee<M> {
                 .map(|(_k, v)| v)
                 .unwrap()
         };
+        // bnc patch: slots wide enough for the function's widest vector.
+        let max = max.max(self.wide_vector_bytes);
         M::get_number_of_spillslots_for_value(rc, max, &self.isa_flags)
     }
 
@@ -2413,9 +2432,25 @@ impl<M: ABIMachineSpec> Callee<M> {
         self.frame_layout().spillslot_offset(slot)
     }
 
+    /// bnc patch: the type with which registers of class `rc` are spilled,
+    /// reloaded and moved by the register allocator: the canonical type of
+    /// the class, except that in a function with vectors wider than 16 bytes
+    /// float-class registers use a byte vector of that width (`I8X32`), so
+    /// that no value loses its upper half.
+    pub fn spill_type_for_rc(&self, rc: RegClass) -> Type {
+        let ty = M::I::canonical_type_for_rc(rc);
+        if rc == RegClass::Float && self.wide_vector_bytes > ty.bytes() {
+            ir::types::I8
+                .by(self.wide_vector_bytes)
+                .expect("a valid vector width")
+        } else {
+            ty
+        }
+    }
+
     /// Generate a spill.
     pub fn gen_spill(&self, to_slot: SpillSlot, from_reg: RealReg) -> M::I {
-        let ty = M::I::canonical_type_for_rc(from_reg.class());
+        let ty = self.spill_type_for_rc(from_reg.class());
         debug_assert_eq!(<M>::I::rc_for_type(ty).unwrap().1, &[ty]);
 
         let sp_off = self.get_spillslot_offset(to_slot);
@@ -2427,7 +2462,7 @@ impl<M: ABIMachineSpec> Callee<M> {
 
     /// Generate a reload (fill).
     pub fn gen_reload(&self, to_reg: Writable<RealReg>, from_slot: SpillSlot) -> M::I {
-        let ty = M::I::canonical_type_for_rc(to_reg.to_reg().class());
+        let ty = self.spill_type_for_rc(to_reg.to_reg().class());
         debug_assert_eq!(<M>::I::rc_for_type(ty).unwrap().1, &[ty]);
 
         let sp_off = self.get_spillslot_offset(from_slot);

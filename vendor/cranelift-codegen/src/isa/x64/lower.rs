@@ -320,6 +320,12 @@ impl LowerBackend for X64Backend {
     type MInst = Inst;
 
     fn lower(&self, ctx: &mut Lower<Inst>, ir_inst: IRInst) -> Option<InstOutput> {
+        // bnc patch: only the operations listed in `wide_vector_op_supported`
+        // have 256-bit lowerings; fail (as for any unlowerable instruction)
+        // on others rather than let a 128-bit rule match a 256-bit type.
+        if !wide_vector_op_supported(ctx.dfg(), ir_inst) {
+            return None;
+        }
         isle::lower(ctx, self, ir_inst)
     }
 
@@ -335,4 +341,39 @@ impl LowerBackend for X64Backend {
     fn maybe_pinned_reg(&self) -> Option<Reg> {
         Some(regs::pinned_reg())
     }
+}
+
+/// bnc patch: whether `inst` either involves no vector wider than 128 bits or
+/// is one of the operations with 256-bit (AVX2) lowering rules in
+/// `lower.isle` (search for `bnc patch`). Branches carrying such vectors as
+/// block arguments are lowered separately and need no rule.
+fn wide_vector_op_supported(dfg: &crate::ir::DataFlowGraph, inst: IRInst) -> bool {
+    use crate::ir::Opcode;
+    let is_wide = |v: &crate::ir::Value| {
+        let ty = dfg.value_type(*v);
+        ty.is_vector() && ty.bits() > 128
+    };
+    let wide = dfg.inst_args(inst).iter().any(is_wide) || dfg.inst_results(inst).iter().any(is_wide);
+    !wide
+        || matches!(
+            dfg.insts[inst].opcode(),
+            Opcode::Load
+                | Opcode::Store
+                | Opcode::Splat
+                | Opcode::Vconst
+                | Opcode::Fadd
+                | Opcode::Fsub
+                | Opcode::Fmul
+                | Opcode::Fdiv
+                | Opcode::Fma
+                | Opcode::Fcmp
+                | Opcode::Bitselect
+                | Opcode::Band
+                | Opcode::Bor
+                | Opcode::Bxor
+                | Opcode::Bitcast
+                | Opcode::Iadd
+                | Opcode::Ishl
+                | Opcode::Extractlane
+        )
 }

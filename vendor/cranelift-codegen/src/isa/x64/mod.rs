@@ -57,6 +57,37 @@ impl X64Backend {
         })
     }
 
+    /// bnc patch: 256-bit vector values (`F32X8`, `I32X8`, ...) need AVX2;
+    /// without it they keep upstream's "Unexpected SSA-value type" error.
+    /// They are not supported in signatures (arguments, returns) either.
+    fn check_wide_vectors(&self, func: &Function) -> CodegenResult<()> {
+        let is_wide = |ty: Type| ty.is_vector() && ty.bits() > 128;
+        let unsupported = |ty: Type| {
+            Err(CodegenError::Unsupported(alloc::format!(
+                "Unexpected SSA-value type: {ty}"
+            )))
+        };
+        let avx2 = self.x64_flags.has_avx() && self.x64_flags.has_avx2();
+        for v in func.dfg.values() {
+            let ty = func.dfg.value_type(v);
+            if is_wide(ty) && !avx2 {
+                return unsupported(ty);
+            }
+        }
+        let sigs = core::iter::once(&func.signature).chain(func.dfg.signatures.values());
+        for sig in sigs {
+            for p in sig.params.iter().chain(sig.returns.iter()) {
+                if is_wide(p.value_type) {
+                    return Err(CodegenError::Unsupported(alloc::format!(
+                        "{} as a function argument or return value",
+                        p.value_type
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn compile_vcode(
         &self,
         func: &Function,
@@ -66,6 +97,7 @@ impl X64Backend {
     ) -> CodegenResult<VCode<inst::Inst>> {
         // This performs lowering to VCode, register-allocates the code, computes
         // block layout and finalizes branches. The result is ready for binary emission.
+        self.check_wide_vectors(func)?;
         let emit_info = EmitInfo::new(self.flags.clone(), self.x64_flags.clone());
         let sigs = SigSet::new::<abi::X64ABIMachineSpec>(func, &self.flags)?;
         let abi = abi::X64Callee::new(func, self, &self.x64_flags, &sigs)?;

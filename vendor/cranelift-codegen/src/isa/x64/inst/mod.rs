@@ -321,6 +321,10 @@ impl Inst {
                     _ if (ty.is_float() || ty.is_vector()) && ty.bits() == 128 => {
                         asm::inst::movdqu_a::new(to_reg, from_addr).into()
                     }
+                    // bnc patch: 256-bit vectors (AVX), including reloads.
+                    _ if ty.is_vector() && ty.bits() == 256 => {
+                        asm::inst::vmovups_a256::new(to_reg, from_addr).into()
+                    }
                     _ => unimplemented!("unable to load type: {}", ty),
                 };
                 Inst::External { inst }
@@ -360,6 +364,10 @@ impl Inst {
                     types::F64X2 => asm::inst::movupd_b::new(to_addr, from_reg).into(),
                     _ if (ty.is_float() || ty.is_vector()) && ty.bits() == 128 => {
                         asm::inst::movdqu_b::new(to_addr, from_reg).into()
+                    }
+                    // bnc patch: 256-bit vectors (AVX), including spills.
+                    _ if ty.is_vector() && ty.bits() == 256 => {
+                        asm::inst::vmovups_b256::new(to_addr, from_reg).into()
                     }
                     _ => unimplemented!("unable to store type: {}", ty),
                 }
@@ -1386,6 +1394,11 @@ impl MachInst for Inst {
                     _ if (ty.is_float() || ty.is_vector()) && ty.bits() <= 128 => {
                         asm::inst::movdqa_a::new(dst_reg, src_reg).into()
                     }
+                    // bnc patch: a 128-bit move would zero (VEX) or keep
+                    // (SSE) the upper half, so 256-bit vectors move as a whole.
+                    _ if ty.is_vector() && ty.bits() == 256 => {
+                        asm::inst::vmovaps_a256::new(dst_reg, src_reg).into()
+                    }
                     _ => unimplemented!("unable to move type: {}", ty),
                 }
             }
@@ -1425,6 +1438,10 @@ impl MachInst for Inst {
                     slice::from_ref(&types[ty.bytes().ilog2() as usize - 1]),
                 ))
             }
+            // bnc patch: 256-bit vectors live in the YMM view of the XMM
+            // registers. Whether the ISA has AVX2 is checked once per
+            // function, in `X64Backend::compile_function`.
+            _ if ty.is_vector() && ty.bits() == 256 => Ok((&[RegClass::Float], &[types::I8X32])),
             _ => Err(CodegenError::Unsupported(format!(
                 "Unexpected SSA-value type: {ty}"
             ))),

@@ -1330,6 +1330,45 @@ impl Context for IsleContext<'_, '_, MInst, X64Backend> {
         xmm_mem_aligned_imm_128_to_xmm_mem_aligned_imm
     );
 
+    // bnc patch: 256-bit (YMM) operands; see the end of `inst.isle`.
+
+    #[inline]
+    fn ty_vec256(&mut self, ty: Type) -> Option<Type> {
+        (ty.is_vector() && ty.bits() == 256).then_some(ty)
+    }
+
+    /// The immediate of an `I32X8` shift by a constant: the amount modulo
+    /// the lane width, as CLIF defines vector shifts.
+    #[inline]
+    fn shift_imm_i32x8(&mut self, amt: u64) -> u8 {
+        (amt & 31) as u8
+    }
+
+    fn put_in_xmm_mem_256(&mut self, val: Value) -> XmmMem256 {
+        let ty = self.lower_ctx.dfg().value_type(val);
+        assert_eq!(
+            ty.bits(),
+            256,
+            "put_in_xmm_mem_256: expected a 256-bit value, got value of type {ty}"
+        );
+        XmmMem256::unwrap_new(self.put_in_xmm_mem(val).to_reg_mem())
+    }
+
+    #[inline]
+    fn xmm_to_xmm_mem_256(&mut self, r: Xmm) -> XmmMem256 {
+        XmmMem256::from(r)
+    }
+
+    #[inline]
+    fn writable_xmm_to_xmm_mem_256(&mut self, r: WritableXmm) -> XmmMem256 {
+        XmmMem256::unwrap_new(RegMem::reg(r.to_reg().to_reg()))
+    }
+
+    #[inline]
+    fn synthetic_amode_to_xmm_mem_256(&mut self, amode: &SyntheticAmode) -> XmmMem256 {
+        XmmMem256::unwrap_new(RegMem::mem(amode.clone()))
+    }
+
     #[inline]
     fn type_register_class(&mut self, ty: Type) -> Option<RegisterClass> {
         if is_int_or_ref_ty(ty) || ty == I128 {
