@@ -522,6 +522,12 @@ pub trait ABIMachineSpec {
         frame_layout: &FrameLayout,
     ) -> SmallInstVec<Self::I>;
 
+    /// bnc patch: instructions to run before returning from a function that
+    /// used vectors wider than 16 bytes (`vzeroupper` on x64); none by default.
+    fn gen_wide_vector_exit() -> SmallInstVec<Self::I> {
+        smallvec![]
+    }
+
     /// Generate a return instruction.
     fn gen_return(
         call_conv: isa::CallConv,
@@ -2345,6 +2351,13 @@ impl<M: ABIMachineSpec> Callee<M> {
     pub fn gen_epilogue(&self) -> SmallInstVec<M::I> {
         let frame_layout = self.frame_layout();
         let mut insts = smallvec![];
+
+        // bnc patch: leave the upper halves of the vector registers clean
+        // (`vzeroupper` on x64) when the function used vectors wider than
+        // 16 bytes.
+        if self.wide_vector_bytes > 16 {
+            insts.extend(M::gen_wide_vector_exit());
+        }
 
         // Restore clobbered registers.
         insts.extend(M::gen_clobber_restore(

@@ -589,6 +589,14 @@ impl ABIMachineSpec for X64ABIMachineSpec {
         insts
     }
 
+    /// bnc patch: `vzeroupper` after 256-bit code, so that later legacy-SSE
+    /// code in the caller pays no AVX-SSE transition.
+    fn gen_wide_vector_exit() -> SmallInstVec<Self::I> {
+        smallvec![Inst::External {
+            inst: asm::inst::vzeroupper_zo::new().into()
+        }]
+    }
+
     fn gen_return(
         call_conv: CallConv,
         _isa_flags: &x64_settings::Flags,
