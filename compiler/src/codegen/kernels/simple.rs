@@ -5,7 +5,7 @@
 use super::{act, pool_plane};
 use crate::codegen::loop_ir::{
     BinOp, Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
-    split, v,
+    split_lanes, step_lanes, v,
 };
 use crate::codegen::{Activation, KernelSpec, Pool2d};
 
@@ -17,29 +17,42 @@ pub(super) fn map(
     base: Idx,
     f: impl Fn(Idx) -> Val,
 ) -> Vec<Stmt> {
-    split(
-        b,
-        0usize.into(),
-        len.into(),
-        &[8, 4, 1],
-        true,
-        |b, i, step| {
-            let u = b.var();
-            let at = v(i) + v(u) * 4usize;
-            let store = Stmt::Store {
-                buf: out,
-                idx: base.clone() + at.clone(),
-                val: f(at),
-            };
-            vec![for_(
-                u,
-                0usize,
-                (step / 4).max(1),
-                LoopKind::Unroll,
-                vec![store],
-            )]
-        },
-    )
+    map_lanes(b, len, out, base, 4, f)
+}
+
+/// [`map`] on vectors of up to `lanes` (4 or 8): two of them per trip, then one, then (for
+/// 8) a vector of four, then scalars. `f` must have no per-lane code for 8 (see
+/// [`LoopKind::Wide`]).
+pub(super) fn map_lanes(
+    b: &mut KernelBuilder,
+    len: usize,
+    out: Buf,
+    base: Idx,
+    lanes: usize,
+    f: impl Fn(Idx) -> Val,
+) -> Vec<Stmt> {
+    let steps: &[usize] = if lanes == 8 {
+        &[16, 8, 4, 1]
+    } else {
+        &[8, 4, 1]
+    };
+    split_lanes(b, 0usize.into(), len.into(), steps, lanes, |b, i, step| {
+        let l = step_lanes(step, lanes);
+        let u = b.var();
+        let at = v(i) + v(u) * l;
+        let store = Stmt::Store {
+            buf: out,
+            idx: base.clone() + at.clone(),
+            val: f(at),
+        };
+        vec![for_(
+            u,
+            0usize,
+            (step / l).max(1),
+            LoopKind::Unroll,
+            vec![store],
+        )]
+    })
 }
 
 /// Wraps `body(b, n)` in the loop over the batch range.

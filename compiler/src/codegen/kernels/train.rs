@@ -10,7 +10,7 @@
 
 use super::conv::{PADDED_LOCAL_MAX, conv2d_with, copy_row, fill};
 use super::dense::dense_with;
-use super::simple::{map, per_image};
+use super::simple::{map_lanes, per_image};
 use super::{act, pool_plane};
 use crate::codegen::loop_ir::{
     Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
@@ -79,7 +79,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
             w,
             act: a,
             pool,
-        } => bn_act_pool(index, c, h, w, a, pool),
+        } => bn_act_pool(index, c, h, w, a, pool, width),
         KernelSpec::ConvGradW {
             c_in,
             h,
@@ -326,6 +326,7 @@ fn bn_act_pool(
     w: usize,
     a: Activation,
     pool: crate::codegen::Pool2d,
+    width: Width,
 ) -> Kernel {
     let (x, scale, shift, saved, out) = (
         Buf::Param(0),
@@ -340,7 +341,8 @@ fn bn_act_pool(
     let body = per_image(&mut b, |b, n| {
         let ch = b.var();
         let plane = v(n) * c + v(ch);
-        let mut inner = map(b, h * w, saved, plane.clone() * (h * w), |at| {
+        let base = plane.clone() * (h * w);
+        let mut inner = map_lanes(b, h * w, saved, base, width.lanes(), |at| {
             let xv = Val::load(x, plane.clone() * (h * w) + at);
             act(
                 Val::fma(xv, Val::load(scale, v(ch)), Val::load(shift, v(ch))),
