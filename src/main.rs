@@ -16,6 +16,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let args = cli::Cli::parse();
+    // A bad vector width is a usage error, refused before any work.
+    if let Err(e) = bnc::compiler::codegen::Width::requested() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

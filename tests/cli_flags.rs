@@ -263,3 +263,41 @@ fn a_flag_has_one_name_value_and_default_everywhere() {
     assert_eq!(all[4].1["--threads"].1, "2");
     assert_eq!(all[4].1["--data"].1, "/usr/share/datasets/fashion-mnist");
 }
+
+/// `bnc` run with the environment variable `BNC_VECTOR_WIDTH` set to `width`.
+fn bnc_width(width: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bnc"))
+        .args(args)
+        .env("BNC_VECTOR_WIDTH", width)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the bnc binary runs")
+}
+
+/// `BNC_VECTOR_WIDTH` picks the kernels' vectors: 4 compiles 128-bit code only, the
+/// default uses 256-bit registers where the CPU has AVX2; anything but 4 or 8 is a usage
+/// error that names the value, and `--help` documents it.
+#[test]
+fn vector_width_variable_selects_the_kernels_vectors() {
+    assert!(ok(&["--help"]).contains("BNC_VECTOR_WIDTH=4|8"));
+    let args = ["compile", "models/lenet_bn.ir", "--emit", "asm"];
+    let narrow = bnc_width("4", &args);
+    assert!(narrow.status.success(), "{}", stderr(&narrow));
+    assert!(stdout(&narrow).contains("%xmm") && !stdout(&narrow).contains("%ymm"));
+    let wide =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let default = ok(&args);
+    assert_eq!(default.contains("%ymm"), wide);
+    if wide {
+        assert_eq!(ok(&args), stdout(&bnc_width("8", &args)));
+    }
+    for bad in ["5", "eight", ""] {
+        let o = bnc_width(bad, &["passes"]);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("BNC_VECTOR_WIDTH={bad} is not a vector width")),
+            "{}",
+            stderr(&o)
+        );
+    }
+}

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use bnc_compiler::codegen::{CodegenError, JitKernels, pack_weight};
+use bnc_compiler::codegen::{CodegenError, JitKernels, Width, pack_weight};
 use bnc_compiler::ir::Graph;
 use bnc_compiler::lower::consteval::{ConstError, ConstEval};
 use bnc_compiler::lower::{Arg, LowerError, Plan, lower};
@@ -92,6 +92,8 @@ pub struct CompileConfig {
     /// Keep each kernel's CLIF and machine code as text (see
     /// [`JitKernels::compile_with_text`]); costs about a quarter of the compile time.
     pub code_text: bool,
+    /// The vector width of the kernels; by default the host's widest ([`Width::host`]).
+    pub width: Width,
 }
 
 impl Default for CompileConfig {
@@ -100,6 +102,7 @@ impl Default for CompileConfig {
             threads: 1,
             fold: true,
             code_text: false,
+            width: Width::host(),
         }
     }
 }
@@ -136,11 +139,7 @@ impl InferenceModel {
         let mut graph = source.clone();
         let steps = PassManager::new(inference_pipeline(cfg.fold))?.run(&mut graph, Mode::Infer)?;
         let plan = lower(&graph)?;
-        let jit = if cfg.code_text {
-            JitKernels::compile_with_text(&plan.specs())?
-        } else {
-            JitKernels::compile(&plan.specs())?
-        };
+        let jit = JitKernels::compile_for(&plan.specs(), cfg.width, cfg.code_text)?;
         Ok(InferenceModel {
             graph,
             plan,

@@ -151,6 +151,7 @@ pub fn run(a: CompileArgs, v: Verbosity) -> anyhow::Result<()> {
                 threads: 1,
                 fold: !a.no_fold,
                 code_text: matches!(a.emit, Emit::Clif | Emit::Asm),
+                ..CompileConfig::default()
             };
             let m = InferenceModel::compile(&source, &cfg)
                 .with_context(|| format!("{file}: cannot generate code"))?;

@@ -16,8 +16,13 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use bnc::Mode;
 
-/// The exit statuses, as `bnc --help` and the README list them.
+/// The environment and the exit statuses, as `bnc --help` and the README list them.
 pub const EXIT_STATUS: &str = "\
+Environment:
+  BNC_VECTOR_WIDTH=4|8  vectors of the native kernels: 8 (256-bit, AVX2) is the default
+                        where the CPU has AVX2 and FMA, else 4 (128-bit); the results are
+                        the same bits either way
+
 Exit status:
   0  success
   1  error: a model, weights, data or metrics file that cannot be read, parsed, compiled

@@ -93,10 +93,15 @@ impl JitKernels {
         Self::compile_specs(specs, Width::host(), false)
     }
 
-    /// Compiles like [`JitKernels::compile`] for vectors of `width` instead of the host's
-    /// widest, for comparing the two ([`Width::F32x8`] needs a host with AVX2 and FMA).
-    pub fn compile_for(specs: &[KernelSpec], width: Width) -> Result<JitKernels, CodegenError> {
-        Self::compile_specs(specs, width, false)
+    /// Compiles like [`JitKernels::compile`] (or, if `text`,
+    /// [`JitKernels::compile_with_text`]) for vectors of `width` instead of the host's widest
+    /// ([`Width::F32x8`] needs a host with AVX2 and FMA).
+    pub fn compile_for(
+        specs: &[KernelSpec],
+        width: Width,
+        text: bool,
+    ) -> Result<JitKernels, CodegenError> {
+        Self::compile_specs(specs, width, text)
     }
 
     /// Compiles like [`JitKernels::compile`] and keeps each kernel's CLIF and machine code as

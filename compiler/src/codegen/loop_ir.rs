@@ -167,7 +167,8 @@ pub enum BinOp {
     Min,
 }
 
-/// A float expression; scalar outside `Vector` loops, four lanes inside.
+/// A float expression; scalar outside vector loops, four lanes inside `Vector` loops and
+/// eight inside `Wide` ones.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Val {
     /// A constant.
@@ -200,14 +201,15 @@ pub enum Val {
         /// The first element of each pair.
         idx: Idx,
     },
-    /// A value stored pre-broadcast: `buf[idx..idx + 4]` holds four copies of it, which a
-    /// vector reads with one plain load (a broadcast from memory that several FMAs share
-    /// costs Cranelift a scalar load and a shuffle) and a scalar reads the first of. `idx`
-    /// must not depend on the vector loop's variable.
+    /// A value stored pre-broadcast: `buf[idx..idx + lanes]` holds a copy of it per lane of
+    /// the loop (four, or eight in a `Wide` loop), which a vector reads with one plain load
+    /// (a broadcast from memory that several FMAs share costs Cranelift a scalar load and a
+    /// shuffle on four lanes) and a scalar reads the first of. `idx` must not depend on the
+    /// vector loop's variable.
     Splatted {
         /// The buffer read.
         buf: Buf,
-        /// The first of the four copies.
+        /// The first of the copies.
         idx: Idx,
     },
     /// `buf[idx]` where, in a vector loop, `idx` is `[i, i, i + 1, i + 1]` across the lanes

@@ -43,6 +43,9 @@ mod tests_wide;
 
 pub use jit::{JitKernels, KernelFn};
 
+/// The environment variable that sets the vector width of the kernels (see [`Width::host`]).
+pub const VECTOR_WIDTH_VAR: &str = "BNC_VECTOR_WIDTH";
+
 /// The vector width kernels are generated for: the lanes of their widest vector loops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Width {
@@ -54,19 +57,46 @@ pub enum Width {
 }
 
 impl Width {
-    /// The widest the host runs: `F32x8` where the CPU has AVX2 and FMA (the vendored
-    /// Cranelift's 256-bit lowering needs both), else `F32x4`. The environment variable
-    /// `BNC_VECTOR_WIDTH=4` caps it at `F32x4` (as oneDNN's `ONEDNN_MAX_CPU_ISA` caps its
-    /// ISA), for comparing the two.
+    /// The width kernels are built for by default: the widest the host runs (`F32x8` where
+    /// the CPU has AVX2 and FMA, which the vendored Cranelift's 256-bit lowering needs, else
+    /// `F32x4`), unless the environment variable [`VECTOR_WIDTH_VAR`] asks for `F32x4` (as
+    /// oneDNN's `ONEDNN_MAX_CPU_ISA` caps its ISA; for comparing the two). A value
+    /// [`Width::requested`] rejects is ignored here; the CLI refuses it at start-up.
     pub fn host() -> Width {
-        if std::env::var_os("BNC_VECTOR_WIDTH").is_some_and(|w| w == "4") {
-            return Width::F32x4;
+        match Width::requested() {
+            Ok(Some(w)) => w,
+            _ => Width::widest(),
         }
+    }
+
+    /// The widest vectors the host's CPU runs.
+    pub fn widest() -> Width {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return Width::F32x8;
         }
         Width::F32x4
+    }
+
+    /// The width [`VECTOR_WIDTH_VAR`] asks for: `None` if it is unset; an error that names
+    /// the value unless it is `4` or `8`, or if it is `8` on a CPU without AVX2 and FMA.
+    pub fn requested() -> Result<Option<Width>, String> {
+        let Some(value) = std::env::var_os(VECTOR_WIDTH_VAR) else {
+            return Ok(None);
+        };
+        match value.to_str() {
+            Some("4") => Ok(Some(Width::F32x4)),
+            Some("8") if Width::widest() == Width::F32x8 => Ok(Some(Width::F32x8)),
+            Some("8") => Err(format!(
+                "{VECTOR_WIDTH_VAR}=8 needs a CPU with AVX2 and FMA, which this one lacks; \
+                 use 4 or unset it"
+            )),
+            _ => Err(format!(
+                "{VECTOR_WIDTH_VAR}={} is not a vector width: use 4 (128-bit vectors) or 8 \
+                 (256-bit, AVX2), or unset it for the CPU's widest",
+                value.to_string_lossy()
+            )),
+        }
     }
 
     /// The lanes of the widest vector loops.

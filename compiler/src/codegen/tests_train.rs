@@ -270,7 +270,9 @@ fn plane_stats_run_four_independent_chains() {
         bias: false,
         stats: true,
     };
-    let jit = JitKernels::compile_with_text(&[spec]).expect("compiles");
+    // The statistics loop runs on four lanes at either width; on eight, the convolution's
+    // own weight broadcasts would count below.
+    let jit = JitKernels::compile_for(&[spec], Width::F32x4, true).expect("compiles");
     let asm = jit.disasm(0).expect("text");
     // `vfmadd231ps %xmmD, %xmmD, %xmmA` squares `D` into the accumulator `A`.
     let squares: std::collections::BTreeSet<&str> = asm

@@ -28,7 +28,7 @@ fn run(spec: KernelSpec, width: Width, n: usize, seed: u64) -> Vec<Vec<f32>> {
         bufs[1] = pack_weight(&spec, &bufs[1]);
     }
     bufs.extend(lens[inputs..].iter().map(|&len| vec![f32::NAN; len]));
-    let jit = JitKernels::compile_for(&[spec], width).expect("compiles");
+    let jit = JitKernels::compile_for(&[spec], width, false).expect("compiles");
     jit.run_bufs(0, &mut bufs, n).expect("buffers fit");
     bufs
 }
@@ -112,6 +112,18 @@ fn wide_kernels_match_narrow_bit_for_bit() {
             padding: [0, 0],
             groups: 2,
             epi: relu,
+        },
+        // A column stride: gathers, so the rows stay on four lanes.
+        KernelSpec::Conv2d {
+            c_in: 2,
+            h: 41,
+            w: 41,
+            c_out: 3,
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [0, 0],
+            groups: 1,
+            epi: tanh_ss,
         },
         KernelSpec::Dense {
             in_f: 256,

@@ -122,7 +122,7 @@ pub(super) fn conv2d(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
 /// Lowers a `Conv2d` spec with `extra` buffers after the output and the statements of `hook`
 /// (given the builder, the image variable and the output buffer) in its epilogue. Output
 /// rows run on vectors of `width` unless the taps need column guards (padding without the
-/// bordered copy), whose per-lane code only `F32X4` loops have.
+/// bordered copy) or gathers (a column stride), whose per-lane code only `F32X4` loops have.
 pub(super) fn conv2d_with(
     index: usize,
     spec: &KernelSpec,
@@ -161,7 +161,12 @@ pub(super) fn conv2d_with(
     } else {
         (Buf::Param(0), true, w, padding)
     };
-    let lanes = if cpad[1] > 0 { 4 } else { width.lanes() };
+    // Guarded taps and strided columns need per-lane code, which only four lanes have.
+    let lanes = if cpad[1] > 0 || stride[1] > 1 {
+        4
+    } else {
+        width.lanes()
+    };
     let mut conv = Conv {
         lanes,
         x,
