@@ -307,7 +307,7 @@ mod tests {
                 train_acc: 0.732_583_333_333_333_4,
                 test_acc: 5e-324,
                 seconds: 7.83,
-                images_per_s: 7658.123_456_789,
+                images_per_s: 7_658.123_456_789,
             }],
         }
     }

@@ -404,9 +404,7 @@ fn store_to_read_only_buffer_is_malformed() {
         len: 4,
         act: Activation::None,
     };
-    let e = JitKernels::build(vec![(spec, kernel)], false)
-        .err()
-        .expect("rejected");
+    let e = JitKernels::build(vec![(spec, kernel)], false).expect_err("rejected");
     assert_eq!(
         e.to_string(),
         "kernel bad: malformed loop ir: a store to a read-only buffer"

@@ -77,7 +77,7 @@ impl Conv {
 /// The group count that `pick` selects among the common divisors of `a` and `b`.
 fn groups(a: usize, b: usize, pick: usize) -> usize {
     let common: Vec<usize> = (1..=a.min(b))
-        .filter(|g| a % g == 0 && b % g == 0)
+        .filter(|&g| a.is_multiple_of(g) && b.is_multiple_of(g))
         .collect();
     common[pick % common.len()]
 }
