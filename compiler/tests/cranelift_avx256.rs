@@ -676,37 +676,44 @@ fn assert_256_bit_spills(disasm: &str) {
     }
 }
 
+/// Compiles `r_i = v_i * v_(i+1) + v_(i+7)` over `count` vectors of type `ty`, all loaded
+/// before any is stored so that they are live at once, runs it and checks every lane; returns
+/// the compiled function for its disassembly.
+fn live_vectors(opt: &str, ty: Type, count: usize, seed: u32) -> Jit {
+    let (lanes, bytes) = (ty.lane_count() as usize, ty.bytes() as i32);
+    let jit = compile(opt, &[PTR, PTR], |b, a| {
+        let v: Vec<Value> = (0..count)
+            .map(|i| load(b, ty, a[0], bytes * i as i32))
+            .collect();
+        let r: Vec<Value> = (0..count)
+            .map(|i| {
+                let p = b.ins().fmul(v[i], v[(i + 1) % count]);
+                b.ins().fadd(p, v[(i + 7) % count])
+            })
+            .collect();
+        for (i, &r) in r.iter().enumerate().rev() {
+            store(b, r, a[1], bytes * i as i32);
+        }
+        b.ins().return_(&[]);
+    });
+    let x = data(lanes * count, seed);
+    let mut out = vec![0f32; lanes * count];
+    jit.call2(x.as_ptr(), out.as_mut_ptr());
+    let want: Vec<f32> = (0..lanes * count)
+        .map(|i| {
+            let (vi, l) = (i / lanes, i % lanes);
+            x[i] * x[lanes * ((vi + 1) % count) + l] + x[lanes * ((vi + 7) % count) + l]
+        })
+        .collect();
+    assert_bits(&out, &want, &format!("{count} live {ty} vectors"));
+    jit
+}
+
 #[test]
 fn spills_keep_all_256_bits_straight_line() {
     require_avx2!();
-    const V: usize = 32;
     for opt in OPT_LEVELS {
-        // 32 vectors, all live at once: r_i = v_i * v_(i+1) + v_(i+7), stored after all loads.
-        let jit = compile(opt, &[PTR, PTR], |b, a| {
-            let v: Vec<Value> = (0..V)
-                .map(|i| load(b, F32X8, a[0], 32 * i as i32))
-                .collect();
-            let r: Vec<Value> = (0..V)
-                .map(|i| {
-                    let p = b.ins().fmul(v[i], v[(i + 1) % V]);
-                    b.ins().fadd(p, v[(i + 7) % V])
-                })
-                .collect();
-            for (i, &r) in r.iter().enumerate().rev() {
-                store(b, r, a[1], 32 * i as i32);
-            }
-            b.ins().return_(&[]);
-        });
-        let x = data(8 * V, 80);
-        let mut out = vec![0f32; 8 * V];
-        jit.call2(x.as_ptr(), out.as_mut_ptr());
-        let want: Vec<f32> = (0..8 * V)
-            .map(|i| {
-                let (vi, l) = (i / 8, i % 8);
-                x[i] * x[8 * ((vi + 1) % V) + l] + x[8 * ((vi + 7) % V) + l]
-            })
-            .collect();
-        assert_bits(&out, &want, "32 live vectors");
+        let jit = live_vectors(opt, F32X8, 32, 80);
         if opt == "none" {
             assert_256_bit_spills(&jit.disasm);
         }
@@ -855,32 +862,7 @@ fn mixed_f32x4_and_f32x8() {
 fn f32x4_code_is_unchanged_without_wide_vectors() {
     require_avx2!();
     // A function with no 256-bit value keeps upstream's 128-bit spills and moves.
-    const V: usize = 24;
-    let jit = compile("none", &[PTR, PTR], |b, a| {
-        let v: Vec<Value> = (0..V)
-            .map(|i| load(b, F32X4, a[0], 16 * i as i32))
-            .collect();
-        let r: Vec<Value> = (0..V)
-            .map(|i| {
-                let p = b.ins().fmul(v[i], v[(i + 1) % V]);
-                b.ins().fadd(p, v[(i + 7) % V])
-            })
-            .collect();
-        for (i, &r) in r.iter().enumerate().rev() {
-            store(b, r, a[1], 16 * i as i32);
-        }
-        b.ins().return_(&[]);
-    });
-    let x = data(4 * V, 110);
-    let mut out = vec![0f32; 4 * V];
-    jit.call2(x.as_ptr(), out.as_mut_ptr());
-    let want: Vec<f32> = (0..4 * V)
-        .map(|i| {
-            let (vi, l) = (i / 4, i % 4);
-            x[i] * x[4 * ((vi + 1) % V) + l] + x[4 * ((vi + 7) % V) + l]
-        })
-        .collect();
-    assert_bits(&out, &want, "24 live F32X4 vectors");
+    let jit = live_vectors("none", F32X4, 24, 110);
     let moves = stack_moves(&jit.disasm);
     assert!(!moves.is_empty(), "{}", jit.disasm);
     assert!(

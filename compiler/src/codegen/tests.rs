@@ -7,7 +7,7 @@
 
 use proptest::prelude::*;
 
-use super::loop_ir::{Buf, KernelBuilder, LoopKind, Stmt, Val, for_, split, v};
+use super::loop_ir::{Buf, KernelBuilder, LoopKind, Stmt, Val, for_, split_lanes, v};
 use super::*;
 
 /// A deterministic generator so that failures reproduce from the proptest seed alone.
@@ -477,13 +477,18 @@ fn concurrent_calls_on_disjoint_ranges() {
 
 /// Compiles `out = f(x)` over `len` floats as a bare loop-IR kernel.
 fn elementwise_ir(len: usize, f: impl Fn(Val) -> Val) -> JitKernels {
+    elementwise_lanes(len, 4, f)
+}
+
+/// [`elementwise_ir`] on vectors of `lanes` (4 or 8), then scalars.
+pub(super) fn elementwise_lanes(len: usize, lanes: usize, f: impl Fn(Val) -> Val) -> JitKernels {
     let mut b = KernelBuilder::new();
-    let body = split(
+    let body = split_lanes(
         &mut b,
         0usize.into(),
         len.into(),
-        &[4, 1],
-        true,
+        &[lanes, 1],
+        lanes,
         |_, i, _| {
             vec![Stmt::Store {
                 buf: Buf::Param(1),

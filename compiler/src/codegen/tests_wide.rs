@@ -4,8 +4,8 @@
 //! where the CPU has AVX2) against the reference. Also: the emitter refuses per-lane code
 //! in a `Wide` loop instead of miscompiling it.
 
-use super::loop_ir::{Buf, KernelBuilder, LoopKind, Stmt, Val, for_, split_lanes, v};
-use super::tests::{Lcg, random_inputs};
+use super::loop_ir::{Buf, KernelBuilder, LoopKind, Stmt, Val, v};
+use super::tests::{Lcg, elementwise_lanes, random_inputs};
 use super::*;
 
 /// Whether this host runs `F32X8` kernels; prints why a test is skipped if not.
@@ -215,7 +215,7 @@ fn wide_exp_matches_narrow() {
     for f in [Val::exp, Val::exp_neg] {
         let mut outs = Vec::new();
         for lanes in [4, 8] {
-            let jit = elementwise(xs.len(), lanes, f);
+            let jit = elementwise_lanes(xs.len(), lanes, f);
             let mut out = vec![0.0; xs.len()];
             jit.run(0, &[&xs], &mut out, 1).unwrap();
             outs.push(out);
@@ -227,36 +227,6 @@ fn wide_exp_matches_narrow() {
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         );
     }
-}
-
-/// `out = f(x)` over `len` floats in vectors of `lanes`, then scalars.
-fn elementwise(len: usize, lanes: usize, f: fn(Val) -> Val) -> JitKernels {
-    let mut b = KernelBuilder::new();
-    let body = split_lanes(
-        &mut b,
-        0usize.into(),
-        len.into(),
-        &[lanes, 1],
-        lanes,
-        |_, i, _| {
-            vec![Stmt::Store {
-                buf: Buf::Param(1),
-                idx: v(i),
-                val: f(Val::load(Buf::Param(0), v(i))),
-            }]
-        },
-    );
-    let n = b.var();
-    let kernel = b.finish(
-        "elementwise".into(),
-        2,
-        vec![for_(n, 0usize, 1usize, LoopKind::Serial, body)],
-    );
-    let spec = KernelSpec::Unary {
-        len,
-        act: Activation::None,
-    };
-    JitKernels::build(vec![(spec, kernel)], false).unwrap()
 }
 
 /// A load whose index moves by two floats per lane needs a gather, which `Wide` loops do
