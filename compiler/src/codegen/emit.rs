@@ -785,7 +785,15 @@ impl Emitter<'_, '_> {
             let b = self.load(buf, &next, &[])?;
             return Ok(self.b.ins().fadd(a, b));
         }
-        self.narrow("a pair sum of stride 2 in a Wide loop")?;
+        if self.lanes == 8 {
+            // The 16 contiguous floats in two vectors; the vendored Cranelift's pair sum
+            // adds each even element to the odd one after it and puts the sums in order.
+            let (p, off) = self.addr(buf, idx, 0)?;
+            let lo = self.b.ins().load(types::F32X8, flags(), p, off);
+            let (p, off) = self.addr(buf, idx, 4)?;
+            let hi = self.b.ins().load(types::F32X8, flags(), p, off);
+            return Ok(self.b.ins().x86_pairsum256(lo, hi));
+        }
         // Lanes j of the pairs are elements 2j and 2j + 1 of the 8 contiguous floats.
         let (p, off) = self.addr(buf, idx, 0)?;
         let lo = self.b.ins().load(types::F32X4, flags(), p, off);
@@ -857,7 +865,12 @@ impl Emitter<'_, '_> {
                 if !self.vec() {
                     return self.load(*buf, idx, &[]);
                 }
-                self.narrow("a pair-duplicated load in a Wide loop")?;
+                if self.lanes == 8 {
+                    // Four floats, each on two lanes.
+                    let (p, off) = self.addr(*buf, idx, 0)?;
+                    let x = self.b.ins().load(types::F32X4, flags(), p, off);
+                    return Ok(self.b.ins().x86_pairdup256(x));
+                }
                 // Two floats zero-extended into the two 64-bit halves (one `vpmovzxdq` from
                 // memory), then lanes [0, 0, 2, 2].
                 let (p, off) = self.addr(*buf, idx, 0)?;
@@ -900,6 +913,9 @@ impl Emitter<'_, '_> {
             }
             Val::Select { guards, a, b } => {
                 let (a, b) = (self.val(a)?, self.val(b)?);
+                if guards.is_empty() {
+                    return Ok(a);
+                }
                 if !self.vec() {
                     match self.guard_ok(guards, 0)? {
                         Some(ok) => self.b.ins().select(ok, a, b),

@@ -213,8 +213,9 @@ pub enum Val {
         idx: Idx,
     },
     /// `buf[idx]` where, in a vector loop, `idx` is `[i, i, i + 1, i + 1]` across the lanes
-    /// (`i` at lane 0; a 2-wide pooling window's gradient spread back over its columns):
-    /// one 8-byte load and a shuffle instead of a gather. The bounds checker proves the lane
+    /// (`[i, i, .., i + 3, i + 3]` on eight; `i` at lane 0; a 2-wide pooling window's
+    /// gradient spread back over its columns): one 8-byte (16-byte) load and a shuffle
+    /// instead of a gather. The bounds checker proves the lane
     /// pattern for every iteration it walks; the emitter trusts it.
     PairDup {
         /// The buffer read.
@@ -298,8 +299,9 @@ pub enum LoopKind {
     /// and FMA ([`super::Width`]); the step must be a multiple of 8. Its body may use only
     /// what needs no per-lane code: loads and stores that move by one float per lane or
     /// not at all, unguarded or with lane-invariant guards, registers, constants,
-    /// arithmetic, `Exp`/`ExpNeg`, `Positive` and `Splatted` (eight copies). A gather,
-    /// `PairSum`, `PairDup`, a lane-varying `FromIdx` or `Select` is malformed IR there.
+    /// arithmetic, `Exp`/`ExpNeg`, `Positive`, `Splatted` (eight copies), `PairSum` and
+    /// `PairDup` (lane moves of the vendored Cranelift). A gather, a scatter, a
+    /// lane-varying `FromIdx` or a guarded `Select` is malformed IR there.
     Wide,
 }
 

@@ -21,7 +21,7 @@ fn wide_host() -> bool {
 fn run(spec: KernelSpec, width: Width, n: usize, seed: u64) -> Vec<Vec<f32>> {
     let lens = spec.buffer_lens(n);
     let names = spec.buffer_names();
-    let outputs = ["output", "stats", "saved"];
+    let outputs = ["output", "stats", "saved", "sums"];
     let inputs = names.iter().filter(|n| !outputs.contains(n)).count();
     let mut bufs = random_inputs(&spec, n, inputs, &mut Lcg(seed));
     if names.get(1) == Some(&"weight") {
@@ -42,17 +42,19 @@ fn assert_same_bits(spec: KernelSpec, n: usize) {
     }
 }
 
+const AVG2: Pool2d = Pool2d {
+    kind: PoolKind::Avg,
+    kernel: [2, 2],
+    stride: [2, 2],
+    padding: [0, 0],
+    count_include_pad: true,
+};
+
 const SIGMOID_AVG: Epilogue = Epilogue {
     bias: true,
     scale_shift: false,
     act: Activation::Sigmoid,
-    pool: Some(Pool2d {
-        kind: PoolKind::Avg,
-        kernel: [2, 2],
-        stride: [2, 2],
-        padding: [0, 0],
-        count_include_pad: true,
-    }),
+    pool: Some(AVG2),
 };
 
 fn conv(
@@ -185,6 +187,64 @@ fn wide_kernels_match_narrow_bit_for_bit() {
             out_f: 13,
             bias: true,
             stats: false,
+        },
+        // The BatchNorm apply and `dx` passes: pair sums and pair duplication on eight
+        // lanes, a four-lane rest (12 pooled columns), and the forms that stay on four.
+        KernelSpec::BnActPool {
+            c: 6,
+            h: 24,
+            w: 24,
+            act: Activation::Sigmoid,
+            pool: AVG2,
+        },
+        KernelSpec::BnActPool {
+            c: 3,
+            h: 9,
+            w: 13,
+            act: Activation::Relu,
+            pool: Pool2d {
+                kind: PoolKind::Max,
+                ..AVG2
+            },
+        },
+        KernelSpec::BnBackDx {
+            c: 6,
+            h: 24,
+            w: 24,
+            back: Some((Activation::Sigmoid, Some(AVG2))),
+        },
+        KernelSpec::BnBackDx {
+            c: 4,
+            h: 8,
+            w: 8,
+            back: Some((Activation::Relu, Some(AVG2))),
+        },
+        KernelSpec::BnBackDx {
+            c: 3,
+            h: 10,
+            w: 13,
+            back: Some((Activation::Tanh, None)),
+        },
+        KernelSpec::BnBackDx {
+            c: 2,
+            h: 12,
+            w: 12,
+            back: Some((
+                Activation::Sigmoid,
+                Some(Pool2d {
+                    kernel: [3, 3],
+                    stride: [3, 3],
+                    ..AVG2
+                }),
+            )),
+        },
+        KernelSpec::PoolActBack {
+            c: 6,
+            h: 24,
+            w: 24,
+            act: Activation::Sigmoid,
+            pool: Some(AVG2),
+            bn: true,
         },
     ];
     for spec in specs {

@@ -259,7 +259,7 @@ pub(super) fn conv2d_with(
                     let row = conv.row(b, &bufs, v(n), v(g), oy, co0.clone(), size, &to_local);
                     vec![for_(ky, lo, hi, kind, row)]
                 };
-                pool_plane(&mut b, &pool, (oh, ow), size, src, dst, pre)
+                pool_plane(&mut b, &pool, (oh, ow), size, width.lanes(), src, dst, pre)
             }
         };
         per_group.push(for_(bi, 0usize, count, LoopKind::Serial, body));

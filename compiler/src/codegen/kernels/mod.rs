@@ -9,7 +9,8 @@ pub(super) mod train;
 mod train_back;
 
 use super::loop_ir::{
-    BinOp, Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, reg, split, v,
+    BinOp, Buf, Guard, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, reg,
+    split_lanes, v,
 };
 use super::{Activation, Epilogue, KernelSpec, Pool2d, PoolKind, Width};
 
@@ -24,7 +25,7 @@ pub(crate) fn lower(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
         | KernelSpec::ConvGradW { .. }
         | KernelSpec::DenseGradW { .. } => train::lower(index, spec, width),
         KernelSpec::PoolActBack { .. } | KernelSpec::BnBackDx { .. } => {
-            train_back::lower(index, spec)
+            train_back::lower(index, spec, width)
         }
         _ => simple::lower(index, spec),
     }
@@ -99,12 +100,15 @@ impl EpiBufs {
 /// Pools one `h x w` plane for `chans` channels at once (unrolled). `src(chan, ky, ih, iw,
 /// guards)` gives the value at an input position, with its loads under `guards`; `dst(chan,
 /// ph, pw)` gives where a pooled value goes. `pre(b, ph, ky_lo, ky_hi)` may emit code at the
-/// start of each pooled row, e.g. the producer rows the window reads.
+/// start of each pooled row, e.g. the producer rows the window reads. The pooled columns run
+/// on vectors of `lanes` (4 or 8) in the pair-sum form, on four otherwise.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn pool_plane(
     b: &mut KernelBuilder,
     pool: &Pool2d,
     (h, w): (usize, usize),
     chans: usize,
+    lanes: usize,
     src: impl Fn(Idx, IVar, Idx, Idx, Vec<Guard>) -> Val,
     dst: impl Fn(Idx, Idx, Idx) -> (Buf, Idx),
     pre: impl FnOnce(&mut KernelBuilder, IVar, Idx, Idx, LoopKind) -> Vec<Stmt>,
@@ -130,12 +134,18 @@ pub(super) fn pool_plane(
         PoolKind::Avg => 0.0,
         PoolKind::Max => f32::NEG_INFINITY,
     };
-    body.extend(split(
+    // A 2-wide, stride-2 average window sums each row's pair at once, which a vector
+    // reads as two contiguous loads instead of gathering every other element; only that
+    // form runs on eight lanes (the others gather or guard per lane).
+    let pairs = pool.kind == PoolKind::Avg && kw == 2 && sw == 2 && pad_w == 0;
+    let lanes = if pairs { lanes } else { 4 };
+    let steps: &[usize] = if lanes == 8 { &[8, 4, 1] } else { &[4, 1] };
+    body.extend(split_lanes(
         b,
         0usize.into(),
         ow.into(),
-        &[4, 1],
-        true,
+        steps,
+        lanes,
         |b, pw, _| {
             let (c, ky, kx) = (b.var(), b.var(), b.var());
             let acc = b.reg();
@@ -153,9 +163,6 @@ pub(super) fn pool_plane(
                 BinOp::Max
             };
             let get = Val::Get(reg(acc, v(c)));
-            // A 2-wide, stride-2 average window sums each row's pair at once, which a vector
-            // reads as two contiguous loads instead of gathering every other element.
-            let pairs = pool.kind == PoolKind::Avg && kw == 2 && sw == 2 && pad_w == 0;
             let pair = match pairs.then(|| src(v(c), ky, ih, v(pw) * 2usize, vec![])) {
                 Some(Val::Load { buf, idx, guards }) if guards.is_empty() => {
                     Some(Val::PairSum { buf, idx })

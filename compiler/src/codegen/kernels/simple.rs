@@ -123,7 +123,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
                     guards,
                 };
                 let dst = |_, y: Idx, x| (Buf::Param(1), (plane.clone() * oh + y) * ow + x);
-                let inner = pool_plane(b, &pool, (h, w), 1, src, dst, |_, _, _, _, _| vec![]);
+                let inner = pool_plane(b, &pool, (h, w), 1, 4, src, dst, |_, _, _, _, _| vec![]);
                 vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
             });
             ("pool", 2, body)
@@ -222,7 +222,7 @@ fn scale_shift_planes(
                 let (oh, ow) = p.out_hw(h, w);
                 let src = |_, _, ih: Idx, iw, guards| f(ih * w + iw, guards);
                 let dst = |_, y: Idx, x| (out, (plane.clone() * oh + y) * ow + x);
-                pool_plane(b, &p, (h, w), 1, src, dst, |_, _, _, _, _| vec![])
+                pool_plane(b, &p, (h, w), 1, 4, src, dst, |_, _, _, _, _| vec![])
             }
         };
         vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]

@@ -171,12 +171,17 @@ pub(super) fn chain_total(r: u32, chains: usize) -> Val {
 /// A one-trip `Vector` loop over the lane variable `j` (`0..4`): inside, `j` is lane `k`'s
 /// own `k`, so serial loops that address `4 * i + j` keep one partial result per lane.
 pub(super) fn on_lanes(j: IVar, body: Vec<Stmt>) -> Stmt {
+    on_lanes_n(j, 4, body)
+}
+
+/// [`on_lanes`] with `lanes` lanes (4: a `Vector` loop, 8: a `Wide` one).
+pub(super) fn on_lanes_n(j: IVar, lanes: usize, body: Vec<Stmt>) -> Stmt {
     Stmt::Loop {
         var: j,
         lo: 0usize.into(),
-        hi: 4usize.into(),
-        step: 4,
-        kind: LoopKind::Vector,
+        hi: lanes.into(),
+        step: lanes as i64,
+        kind: LoopKind::vector(lanes),
         body,
     }
 }
@@ -360,6 +365,7 @@ fn bn_act_pool(
             &pool,
             (h, w),
             1,
+            width.lanes(),
             src,
             dst,
             |_, _, _, _, _| vec![],

@@ -14,17 +14,17 @@
 //! each image's sums are its own values.
 
 use super::simple::{map, per_image};
-use super::train::{get, lane_sums, on_lanes, set, store};
+use super::train::{get, lane_sums, on_lanes_n, set, store};
 use crate::codegen::loop_ir::{
     Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, split, v,
 };
-use crate::codegen::{Activation, KernelSpec, Pool2d};
+use crate::codegen::{Activation, KernelSpec, Pool2d, Width};
 
 /// The most vectors of a plane's covered pixels that [`Source::walk`] unrolls whole.
 const UNROLL_PLANE: usize = 16;
 
-/// Lowers `PoolActBack` and `BnBackDx`.
-pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
+/// Lowers `PoolActBack` and `BnBackDx` (the latter on vectors of `width` where it can).
+pub(super) fn lower(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
     match *spec {
         KernelSpec::PoolActBack {
             c,
@@ -34,7 +34,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
             pool,
             bn,
         } => pool_act_back(index, c, (h, w), act, pool, bn),
-        KernelSpec::BnBackDx { c, h, w, back } => bn_back_dx(index, c, (h, w), back),
+        KernelSpec::BnBackDx { c, h, w, back } => bn_back_dx(index, c, (h, w), back, width),
         _ => unreachable!("not a backward spec"),
     }
 }
@@ -97,6 +97,16 @@ fn grad_row(p: &Plane, pool: &Pool2d, y: Idx) -> Idx {
 }
 
 impl Source {
+    /// The lanes [`Source::walk`] can run for vectors of `width`: eight where a pool window
+    /// is one or two columns wide (a contiguous or pair-duplicated gradient) or there is no
+    /// pool, else four.
+    fn wide(&self, width: Width) -> usize {
+        match self.pool {
+            Some(p) if p.kernel[1] > 2 => 4,
+            _ => width.lanes(),
+        }
+    }
+
     /// The gradient reaching pixel `(y, x)` of the plane through the pool (inside a window).
     fn grad_at(&self, p: &Plane, y: Idx, x: Idx) -> Val {
         let Some(pool) = self.pool else {
@@ -109,12 +119,14 @@ impl Source {
 
     /// Every pixel of the plane: `inside(dy, at)` for the pixels in a pool window, with
     /// `dy` in a register; `outside(at)` for the rest, whose `dy` is zero. The covered
-    /// columns run four pixels to the lanes (`wrap` gets the lane variable and that loop
-    /// nest and places it, to keep per-lane sums), then a scalar tail.
+    /// columns run `lanes` pixels to the lanes (`wrap` gets the lane variable and that loop
+    /// nest and places it, to keep per-lane sums), then a scalar tail. Eight lanes need a
+    /// pool window one or two columns wide, or none ([`Source::wide`]).
     fn walk(
         &self,
         b: &mut KernelBuilder,
         p: &Plane,
+        lanes: usize,
         inside: impl Fn(Val, Idx) -> Vec<Stmt>,
         outside: Option<&dyn Fn(Idx) -> Stmt>,
         wrap: impl FnOnce(IVar, Stmt) -> Vec<Stmt>,
@@ -139,7 +151,7 @@ impl Source {
             idx: p.at(v(y), Idx::Const(0)),
         }];
         let grad = match self.pool {
-            None => Val::load(self.grad, v(row) + v(x4) * 4usize + v(j)),
+            None => Val::load(self.grad, v(row) + v(x4) * lanes + v(j)),
             Some(pool) => {
                 let [kh, kw] = pool.kernel;
                 per_row.extend([
@@ -149,19 +161,19 @@ impl Source {
                     },
                     set(scale, Val::Const(1.0 / (kh * kw) as f32)),
                 ]);
-                // Lane `l` of column vector `x4` is in window `(4·x4 + l) / kw`.
+                // Lane `l` of column vector `x4` is in window `(lanes·x4 + l) / kw`.
                 let g = match kw {
-                    1 => Val::load(self.grad, v(row_grad) + v(x4) * 4usize + v(j)),
+                    1 => Val::load(self.grad, v(row_grad) + v(x4) * lanes + v(j)),
                     2 => {
-                        // Lanes `[0, 0, 1, 1]` of the windows from `2·x4`; only lane 0's
-                        // index is used, so the lane-dependent `l / 2` may be a let.
+                        // Lanes `[0, 0, 1, 1, ..]` of the windows from `lanes/2·x4`; only
+                        // lane 0's index is used, so the lane-dependent `l / 2` may be a let.
                         per_row.push(Stmt::Let {
                             var: lane_window,
                             idx: v(j).floor_div(2),
                         });
                         Val::PairDup {
                             buf: self.grad,
-                            idx: v(row_grad) + v(x4) * 2usize + v(lane_window),
+                            idx: v(row_grad) + v(x4) * (lanes / 2) + v(lane_window),
                         }
                     }
                     // One window per column vector: the same gradient on every lane.
@@ -174,7 +186,7 @@ impl Source {
                 g * get(scale)
             }
         };
-        let full = cols / 4;
+        let full = cols / lanes;
         let unroll_cols = if full <= 8 {
             LoopKind::Unroll
         } else {
@@ -185,7 +197,7 @@ impl Source {
             0usize,
             full,
             unroll_cols,
-            pixel(v(row) + v(x4) * 4usize + v(j), grad),
+            pixel(v(row) + v(x4) * lanes + v(j), grad),
         ));
         // A small plane (LeNet's conv2: 8 rows of two vectors) unrolls its rows too: the
         // per-row loop and address work would otherwise be about a third of its instructions.
@@ -196,7 +208,7 @@ impl Source {
         };
         let rows_cols = for_(y, 0usize, rows, unroll_rows, per_row);
         let mut body = wrap(j, rows_cols);
-        if full * 4 < cols {
+        if full * lanes < cols {
             body.push(for_(
                 y,
                 0usize,
@@ -204,7 +216,7 @@ impl Source {
                 LoopKind::Serial,
                 vec![for_(
                     x,
-                    full * 4,
+                    full * lanes,
                     cols,
                     LoopKind::Serial,
                     pixel(p.at(v(y), v(x)), self.grad_at(p, v(y), v(x))),
@@ -324,7 +336,9 @@ fn pool_act_back(
             // Pixels outside every window get no gradient.
             let zero = out.map(|out| move |at: Idx| store(out, at, Val::Const(0.0)));
             let outside = zero.as_ref().map(|f| f as &dyn Fn(Idx) -> Stmt);
-            let mut inner = src.walk(b, &p, inside, outside, |j, rows_cols| {
+            // Four lanes at any width: the per-lane sums of eight would add in another
+            // order, and the gradients would change bits with the vector width.
+            let mut inner = src.walk(b, &p, 4, inside, outside, |j, rows_cols| {
                 lane_sums(j, [s1, s2], 1, lanes, vec![rows_cols])
             });
             let at = v(n) * nsums + v(ch);
@@ -349,6 +363,7 @@ fn bn_back_dx(
     c: usize,
     (h, w): (usize, usize),
     back: Option<(Activation, Option<Pool2d>)>,
+    width: Width,
 ) -> Kernel {
     let mut params = 0;
     let mut take = || {
@@ -383,8 +398,9 @@ fn bn_back_dx(
                 let p = Plane { n, ch, c, h, w };
                 let inside = |dy: Val, at: Idx| vec![store(out, at.clone(), dz(dy, at, v(ch)))];
                 let outside = |at: Idx| store(out, at.clone(), dz(Val::Const(0.0), at, v(ch)));
-                let inner = src.walk(b, &p, inside, Some(&outside), |j, rows_cols| {
-                    vec![on_lanes(j, vec![rows_cols])]
+                let lanes = src.wide(width);
+                let inner = src.walk(b, &p, lanes, inside, Some(&outside), |j, rows_cols| {
+                    vec![on_lanes_n(j, lanes, vec![rows_cols])]
                 });
                 vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
             })
