@@ -471,6 +471,91 @@ fn define_simd_lane_access(
         .operands_out(vec![Operand::new("a", I8x16)]),
     );
 
+    // bnc patch: lane moves across 256-bit `f32x8` vectors on x64 (AVX2), which
+    // the generic `shuffle` (16 lanes of 8 bits only) cannot express.
+    let F32x8 = &TypeVar::new(
+        "F32x8",
+        "A SIMD vector with exactly 8 lanes of 32-bit floats",
+        TypeSetBuilder::new()
+            .floats(32..32)
+            .simd_lanes(8..8)
+            .includes_scalars(false)
+            .build(),
+    );
+    let F32x4 = &TypeVar::new(
+        "F32x4",
+        "A SIMD vector with exactly 4 lanes of 32-bit floats",
+        TypeSetBuilder::new()
+            .floats(32..32)
+            .simd_lanes(4..4)
+            .includes_scalars(false)
+            .build(),
+    );
+
+    ig.push(
+        Inst::new(
+            "x86_pairsum256",
+            r#"
+        Sums of adjacent pairs of 16 floats (bnc patch, x64 with AVX2 only).
+
+        With ``x = [a0, ..., a7]`` and ``y = [a8, ..., a15]``, the result is
+        ``[a0 + a1, a2 + a3, ..., a14 + a15]``: lane ``i`` is the `fadd` of
+        element ``2i`` and element ``2i + 1`` of the concatenation of ``x`` and
+        ``y``, rounded once.
+        "#,
+            &formats.binary,
+        )
+        .operands_in(vec![
+            Operand::new("x", F32x8).with_doc("Elements 0 to 7"),
+            Operand::new("y", F32x8).with_doc("Elements 8 to 15"),
+        ])
+        .operands_out(vec![Operand::new("a", F32x8)]),
+    );
+
+    ig.push(
+        Inst::new(
+            "x86_pairdup256",
+            r#"
+        Each lane of a 4-lane vector twice (bnc patch, x64 with AVX2 only).
+
+        With ``x = [x0, x1, x2, x3]``, the result is
+        ``[x0, x0, x1, x1, x2, x2, x3, x3]``; the bits of every lane are
+        copied unchanged.
+        "#,
+            &formats.unary,
+        )
+        .operands_in(vec![Operand::new("x", F32x4)])
+        .operands_out(vec![Operand::new("a", F32x8)]),
+    );
+
+    ig.push(
+        Inst::new(
+            "x86_lowhalf256",
+            r#"
+        The low 128 bits of a 256-bit vector (bnc patch, x64 with AVX2 only).
+
+        With ``x = [x0, ..., x7]``, the result is ``[x0, x1, x2, x3]``.
+        "#,
+            &formats.unary,
+        )
+        .operands_in(vec![Operand::new("x", F32x8)])
+        .operands_out(vec![Operand::new("a", F32x4)]),
+    );
+
+    ig.push(
+        Inst::new(
+            "x86_highhalf256",
+            r#"
+        The high 128 bits of a 256-bit vector (bnc patch, x64 with AVX2 only).
+
+        With ``x = [x0, ..., x7]``, the result is ``[x4, x5, x6, x7]``.
+        "#,
+            &formats.unary,
+        )
+        .operands_in(vec![Operand::new("x", F32x8)])
+        .operands_out(vec![Operand::new("a", F32x4)]),
+    );
+
     ig.push(
         Inst::new(
             "insertlane",
