@@ -888,3 +888,255 @@ fn without_avx2_wide_vectors_are_unsupported() {
     .expect("F32X8 without AVX2 must not compile");
     assert!(err.contains("Unexpected SSA-value type: f32x8"), "{err}");
 }
+
+// Lane moves: bnc's x86-specific instructions `x86_pairsum256`, `x86_pairdup256`,
+// `x86_lowhalf256` and `x86_highhalf256` (vendored `cranelift-codegen-meta`).
+
+/// NaNs with distinct payloads, quiet and signaling, of both signs: which one an operation
+/// returns shows the operand order, and a lane move must keep every bit.
+const NANS: [u32; 4] = [0x7FC0_0001, 0xFFC1_2345, 0x7F80_0001, 0xFF80_7F00];
+
+/// `data`, with some lanes replaced by the NaNs of `NANS`.
+fn data_with_nans(n: usize, seed: u32) -> Vec<f32> {
+    let mut v = data(n, seed);
+    for (i, x) in v.iter_mut().enumerate() {
+        let k = i.wrapping_mul(7).wrapping_add(seed as usize) % 11;
+        if k < NANS.len() {
+            *x = f32::from_bits(NANS[k]);
+        }
+    }
+    v
+}
+
+/// `x + y` as x86's `addss`/`vaddps` computes it: a NaN operand, the first one if both are,
+/// is returned quieted; otherwise the IEEE sum (Rust's `+`, which rounds once).
+fn x86_fadd(x: f32, y: f32) -> f32 {
+    const QUIET: u32 = 0x0040_0000;
+    if x.is_nan() {
+        f32::from_bits(x.to_bits() | QUIET)
+    } else if y.is_nan() {
+        f32::from_bits(y.to_bits() | QUIET)
+    } else {
+        x + y
+    }
+}
+
+/// Asserts that every line of the disassembly containing `mnemonic` has a YMM operand and
+/// that there is at least one.
+fn assert_ymm_instruction(disasm: &str, mnemonic: &str) {
+    let lines: Vec<&str> = disasm
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.split_whitespace().next() == Some(mnemonic))
+        .collect();
+    assert!(!lines.is_empty(), "no {mnemonic}:\n{disasm}");
+    for l in lines {
+        assert!(l.contains("%ymm"), "{mnemonic} without a YMM operand: {l}");
+    }
+}
+
+#[test]
+fn pairsum256_adds_adjacent_pairs() {
+    require_avx2!();
+    const GROUPS: usize = 4;
+    for opt in OPT_LEVELS {
+        // out[8k..8k+8] = pair sums of x[16k..16k+16]; the first and third groups from loads
+        // used once, the others from values also stored unchanged (in registers).
+        let jit = compile(opt, &[PTR, PTR], |b, a| {
+            for k in 0..GROUPS {
+                let off = 64 * k as i32;
+                let lo = load(b, F32X8, a[0], off);
+                let hi = load(b, F32X8, a[0], off + 32);
+                let s = b.ins().x86_pairsum256(lo, hi);
+                store(b, s, a[1], 32 * k as i32);
+                if k % 2 == 1 {
+                    store(b, hi, a[1], 32 * (GROUPS + k) as i32);
+                    store(b, lo, a[1], 32 * (GROUPS + k - 1) as i32);
+                }
+            }
+            b.ins().return_(&[]);
+        });
+        for seed in 0..6 {
+            let x = if seed < 3 {
+                data(16 * GROUPS, 120 + seed)
+            } else {
+                data_with_nans(16 * GROUPS, 120 + seed)
+            };
+            let mut out = vec![0f32; 16 * GROUPS];
+            jit.call2(x.as_ptr(), out.as_mut_ptr());
+            let want: Vec<f32> = (0..8 * GROUPS)
+                .map(|i| x86_fadd(x[2 * i], x[2 * i + 1]))
+                .collect();
+            assert_bits(&out[..8 * GROUPS], &want, "pair sums");
+            for k in (1..GROUPS).step_by(2) {
+                let (o, i) = (8 * (GROUPS + k - 1), 16 * k);
+                assert_bits(&out[o..o + 16], &x[i..i + 16], "operands kept");
+            }
+        }
+        // Sums that round (1 + eps/2 is a tie, to 1) or cancel exactly (1e8 - 1e8).
+        let x: Vec<f32> = (0..16 * GROUPS)
+            .map(|i| match i % 4 {
+                0 => 1.0,
+                1 => f32::EPSILON / 2.0,
+                2 => 1e8,
+                _ => -1e8,
+            })
+            .collect();
+        let mut out = vec![0f32; 16 * GROUPS];
+        jit.call2(x.as_ptr(), out.as_mut_ptr());
+        for (i, s) in out[..8 * GROUPS].iter().enumerate() {
+            assert_eq!(s.to_bits(), (x[2 * i] + x[2 * i + 1]).to_bits(), "lane {i}");
+        }
+        let d = &jit.disasm;
+        assert_ymm_instruction(d, "vshufps");
+        assert_ymm_instruction(d, "vaddps");
+        assert_ymm_instruction(d, "vpermpd");
+        assert_eq!(d.matches("vshufps").count(), 2 * GROUPS, "{d}");
+        assert_eq!(d.matches("vpermpd").count(), GROUPS, "{d}");
+        assert!(
+            d.contains("$0x88") && d.contains("$0xdd") && d.contains("$0xd8"),
+            "{d}"
+        );
+        assert_vzeroupper_before_ret(d);
+    }
+}
+
+#[test]
+fn pairdup256_duplicates_each_lane() {
+    require_avx2!();
+    for opt in OPT_LEVELS {
+        // out[0..8]: from a 16-byte load used once (sunk into `vpmovzxdq`);
+        // out[8..16]: from a load also stored unchanged (in a register), at out[16..20];
+        // out[24..32]: from a computed F32X4 (x + x).
+        let jit = compile(opt, &[PTR, PTR], |b, a| {
+            let x = load(b, F32X4, a[0], 0);
+            let d = b.ins().x86_pairdup256(x);
+            store(b, d, a[1], 0);
+            let y = load(b, F32X4, a[0], 16);
+            let d = b.ins().x86_pairdup256(y);
+            store(b, d, a[1], 32);
+            store(b, y, a[1], 64);
+            let z = load(b, F32X4, a[0], 32);
+            let z = b.ins().fadd(z, z);
+            let d = b.ins().x86_pairdup256(z);
+            store(b, d, a[1], 96);
+            b.ins().return_(&[]);
+        });
+        for seed in 0..6 {
+            let x = if seed < 2 {
+                data(12, 130 + seed)
+            } else {
+                data_with_nans(12, 130 + seed)
+            };
+            let mut out = vec![0f32; 32];
+            jit.call2(x.as_ptr(), out.as_mut_ptr());
+            let dup = |v: &[f32]| -> Vec<f32> { v.iter().flat_map(|&e| [e, e]).collect() };
+            assert_bits(&out[0..8], &dup(&x[0..4]), "pairdup of a sunk load");
+            assert_bits(&out[8..16], &dup(&x[4..8]), "pairdup of a register");
+            assert_bits(&out[16..20], &x[4..8], "operand kept");
+            let doubled: Vec<f32> = x[8..12].iter().map(|&v| x86_fadd(v, v)).collect();
+            assert_bits(&out[24..32], &dup(&doubled), "pairdup of a computed value");
+        }
+        let d = &jit.disasm;
+        assert_ymm_instruction(d, "vpmovzxdq");
+        assert_ymm_instruction(d, "vmovsldup");
+        assert_eq!(d.matches("vpmovzxdq").count(), 3, "{d}");
+        assert_eq!(d.matches("vmovsldup").count(), 3, "{d}");
+        assert!(
+            d.lines()
+                .any(|l| l.contains("vpmovzxdq") && l.contains("(%") && l.contains("%ymm")),
+            "the 16-byte load is not sunk into vpmovzxdq:\n{d}"
+        );
+        assert_vzeroupper_before_ret(d);
+    }
+}
+
+#[test]
+fn lowhalf256_and_highhalf256_split_a_vector() {
+    require_avx2!();
+    for opt in OPT_LEVELS {
+        // The halves of a loaded and of a computed F32X8, stored as F32X4, and a reduction
+        // step: low + high as F32X4.
+        let jit = compile(opt, &[PTR, PTR], |b, a| {
+            let v = load(b, F32X8, a[0], 0);
+            let lo = b.ins().x86_lowhalf256(v);
+            let hi = b.ins().x86_highhalf256(v);
+            store(b, lo, a[1], 0);
+            store(b, hi, a[1], 16);
+            let w = load(b, F32X8, a[0], 32);
+            let w = b.ins().fmul(w, v);
+            let lo = b.ins().x86_lowhalf256(w);
+            let hi = b.ins().x86_highhalf256(w);
+            let s = b.ins().fadd(lo, hi);
+            store(b, s, a[1], 32);
+            store(b, w, a[1], 64);
+            b.ins().return_(&[]);
+        });
+        for seed in 0..6 {
+            let x = if seed < 2 {
+                data(16, 140 + seed)
+            } else {
+                data_with_nans(16, 140 + seed)
+            };
+            let mut out = vec![0f32; 24];
+            jit.call2(x.as_ptr(), out.as_mut_ptr());
+            assert_bits(&out[0..8], &x[0..8], "halves of a load");
+            let w = &out[16..24];
+            let want: Vec<f32> = (0..4).map(|i| x86_fadd(w[i], w[i + 4])).collect();
+            assert_bits(&out[8..12], &want, "low + high of a computed value");
+        }
+        // The product itself, checked without NaNs (which NaN a product returns is x86's).
+        let x = data(16, 150);
+        let mut out = vec![0f32; 24];
+        jit.call2(x.as_ptr(), out.as_mut_ptr());
+        let w: Vec<f32> = (0..8).map(|i| x[8 + i] * x[i]).collect();
+        assert_bits(&out[16..24], &w, "product");
+        let d = &jit.disasm;
+        assert_eq!(d.matches("vextractf128").count(), 2, "{d}");
+        assert_ymm_instruction(d, "vextractf128");
+        assert_vzeroupper_before_ret(d);
+    }
+}
+
+#[test]
+fn without_avx2_lane_moves_are_unsupported() {
+    type Build = fn(&mut FunctionBuilder, &[Value]);
+    let cases: [(&str, Build); 4] = [
+        ("x86_pairsum256", |b, a| {
+            let lo = load(b, F32X8, a[0], 0);
+            let hi = load(b, F32X8, a[0], 32);
+            let s = b.ins().x86_pairsum256(lo, hi);
+            store(b, s, a[1], 0);
+        }),
+        ("x86_pairdup256", |b, a| {
+            let x = load(b, F32X4, a[0], 0);
+            let d = b.ins().x86_pairdup256(x);
+            store(b, d, a[1], 0);
+        }),
+        ("x86_lowhalf256", |b, a| {
+            let v = load(b, F32X8, a[0], 0);
+            let h = b.ins().x86_lowhalf256(v);
+            store(b, h, a[1], 0);
+        }),
+        ("x86_highhalf256", |b, a| {
+            let v = load(b, F32X8, a[0], 0);
+            let h = b.ins().x86_highhalf256(v);
+            store(b, h, a[1], 0);
+        }),
+    ];
+    for opt in OPT_LEVELS {
+        for (name, build) in cases {
+            // Compiling only: the target ISA lacks AVX2 whatever the host has.
+            let err = try_compile(opt, false, &[PTR, PTR], |b, a| {
+                build(b, a);
+                b.ins().return_(&[]);
+            })
+            .err()
+            .unwrap_or_else(|| panic!("{name} without AVX2 must not compile"));
+            assert!(
+                err.contains("Unsupported") && err.contains("Unexpected SSA-value type: f32x8"),
+                "{name}: {err}"
+            );
+        }
+    }
+}

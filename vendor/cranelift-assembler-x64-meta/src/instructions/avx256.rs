@@ -26,6 +26,12 @@ pub fn list() -> Vec<Inst> {
         // Extract the low or high 128 bits.
         inst("vextractf128", fmt("MR256", [w(xmm_m128), r(ymm1), r(imm8)]), vex(L256)._66()._0f3a().w0().op(0x19).r().ib(), (_64b | compat) & avx),
 
+        // Lane moves (for bnc's `x86_pairsum256`, `x86_pairdup256`).
+        inst("vshufps", fmt("B256", [w(ymm1), r(ymm2), r(ymm_m256), r(imm8)]), vex(L256)._0f().op(0xC6).r().ib(), (_64b | compat) & avx),
+        inst("vpermpd", fmt("A256", [w(ymm1), r(ymm_m256), r(imm8)]), vex(L256)._66()._0f3a().w1().op(0x01).r().ib(), (_64b | compat) & avx2),
+        inst("vpmovzxdq", fmt("A256", [w(ymm1), r(xmm_m128)]), vex(L256)._66()._0f38().op(0x35).r(), (_64b | compat) & avx2),
+        inst("vmovsldup", fmt("A256", [w(ymm1), r(ymm_m256)]), vex(L256)._f3()._0f().op(0x12).r(), (_64b | compat) & avx),
+
         // Packed single-precision arithmetic.
         inst("vaddps", fmt("B256", binop()), vex(L256)._0f().op(0x58).r(), (_64b | compat) & avx),
         inst("vsubps", fmt("B256", binop()), vex(L256)._0f().op(0x5C).r(), (_64b | compat) & avx),

@@ -375,5 +375,9 @@ fn wide_vector_op_supported(dfg: &crate::ir::DataFlowGraph, inst: IRInst) -> boo
                 | Opcode::Iadd
                 | Opcode::Ishl
                 | Opcode::Extractlane
+                | Opcode::X86Pairsum256
+                | Opcode::X86Pairdup256
+                | Opcode::X86Lowhalf256
+                | Opcode::X86Highhalf256
         )
 }
