@@ -246,6 +246,54 @@ fn wide_kernels_match_narrow_bit_for_bit() {
             pool: Some(AVG2),
             bn: true,
         },
+        // The memory-bound kernels: elementwise maps with tails, pooling in both forms.
+        KernelSpec::Pool {
+            c: 6,
+            h: 24,
+            w: 24,
+            pool: AVG2,
+        },
+        KernelSpec::Pool {
+            c: 2,
+            h: 11,
+            w: 11,
+            pool: Pool2d {
+                kind: PoolKind::Max,
+                kernel: [3, 3],
+                stride: [2, 2],
+                padding: [1, 1],
+                count_include_pad: false,
+            },
+        },
+        KernelSpec::Unary {
+            len: 29,
+            act: Activation::Sigmoid,
+        },
+        KernelSpec::Add {
+            len: 100,
+            act: Activation::Relu,
+        },
+        KernelSpec::ScaleShift {
+            c: 3,
+            h: 7,
+            w: 9,
+            act: Activation::Tanh,
+            pool: None,
+        },
+        KernelSpec::ScaleShift {
+            c: 3,
+            h: 12,
+            w: 12,
+            act: Activation::Sigmoid,
+            pool: Some(AVG2),
+        },
+        KernelSpec::ScaleShift {
+            c: 21,
+            h: 1,
+            w: 1,
+            act: Activation::Relu,
+            pool: None,
+        },
     ];
     for spec in specs {
         for n in [1, 3, 8] {

@@ -161,6 +161,8 @@ pub(super) fn conv2d_with(
     } else {
         (Buf::Param(0), true, w, padding)
     };
+    // The pool reads rows the kernel wrote to a stack array: any width.
+    let pool_lanes = width.lanes();
     // Guarded taps and strided columns need per-lane code, which only four lanes have.
     let lanes = if cpad[1] > 0 || stride[1] > 1 {
         4
@@ -259,7 +261,7 @@ pub(super) fn conv2d_with(
                     let row = conv.row(b, &bufs, v(n), v(g), oy, co0.clone(), size, &to_local);
                     vec![for_(ky, lo, hi, kind, row)]
                 };
-                pool_plane(&mut b, &pool, (oh, ow), size, width.lanes(), src, dst, pre)
+                pool_plane(&mut b, &pool, (oh, ow), size, pool_lanes, src, dst, pre)
             }
         };
         per_group.push(for_(bi, 0usize, count, LoopKind::Serial, body));

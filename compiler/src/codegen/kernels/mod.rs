@@ -27,7 +27,7 @@ pub(crate) fn lower(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
         KernelSpec::PoolActBack { .. } | KernelSpec::BnBackDx { .. } => {
             train_back::lower(index, spec, width)
         }
-        _ => simple::lower(index, spec),
+        _ => simple::lower(index, spec, width),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::codegen::loop_ir::{
     BinOp, Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, N_BEGIN, N_END, Stmt, Val, for_, reg,
     split_lanes, step_lanes, v,
 };
-use crate::codegen::{Activation, KernelSpec, Pool2d};
+use crate::codegen::{Activation, KernelSpec, Pool2d, Width};
 
 /// `out[base + i] = f(i)` for `i in 0..len`, vectorized with a scalar tail.
 pub(super) fn map(
@@ -65,14 +65,16 @@ pub(super) fn per_image(
     vec![for_(n, N_BEGIN, N_END, LoopKind::Serial, inner)]
 }
 
-/// Lowers the specs that are neither convolutions nor dense layers.
-pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
+/// Lowers the specs that are neither convolutions nor dense layers, on vectors of `width`
+/// where their loops allow it.
+pub(super) fn lower(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
+    let lanes = width.lanes();
     let mut b = KernelBuilder::new();
     let x = Buf::Param(0);
     let (name, params, body) = match *spec {
         KernelSpec::Unary { len, act: a } => {
             let body = per_image(&mut b, |b, n| {
-                map(b, len, Buf::Param(1), v(n) * len, |i| {
+                map_lanes(b, len, Buf::Param(1), v(n) * len, lanes, |i| {
                     act(Val::load(x, v(n) * len + i), a)
                 })
             });
@@ -80,7 +82,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
         }
         KernelSpec::Add { len, act: a } => {
             let body = per_image(&mut b, |b, n| {
-                map(b, len, Buf::Param(2), v(n) * len, |i| {
+                map_lanes(b, len, Buf::Param(2), v(n) * len, lanes, |i| {
                     let at = v(n) * len + i;
                     act(Val::load(x, at.clone()) + Val::load(Buf::Param(1), at), a)
                 })
@@ -99,7 +101,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
             let body = if h * w == 1 && pool.is_none() {
                 // One value per channel (a dense layer): the channels go on the lanes.
                 per_image(&mut b, |b, n| {
-                    map(b, c, out, v(n) * c, |ch| {
+                    map_lanes(b, c, out, v(n) * c, lanes, |ch| {
                         let x = Val::load(x, v(n) * c + ch.clone());
                         act(
                             Val::fma(x, Val::load(scale, ch.clone()), Val::load(shift, ch)),
@@ -108,7 +110,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
                     })
                 })
             } else {
-                scale_shift_planes(&mut b, x, (c, h, w), a, pool)
+                scale_shift_planes(&mut b, x, (c, h, w), a, pool, lanes)
             };
             ("scale_shift", 4, body)
         }
@@ -123,7 +125,8 @@ pub(super) fn lower(index: usize, spec: &KernelSpec) -> Kernel {
                     guards,
                 };
                 let dst = |_, y: Idx, x| (Buf::Param(1), (plane.clone() * oh + y) * ow + x);
-                let inner = pool_plane(b, &pool, (h, w), 1, 4, src, dst, |_, _, _, _, _| vec![]);
+                let inner =
+                    pool_plane(b, &pool, (h, w), 1, lanes, src, dst, |_, _, _, _, _| vec![]);
                 vec![for_(ch, 0usize, c, LoopKind::Serial, inner)]
             });
             ("pool", 2, body)
@@ -200,6 +203,7 @@ fn scale_shift_planes(
     (c, h, w): (usize, usize, usize),
     a: Activation,
     pool: Option<Pool2d>,
+    lanes: usize,
 ) -> Vec<Stmt> {
     let (scale, shift, out) = (Buf::Param(1), Buf::Param(2), Buf::Param(3));
     per_image(b, |b, n| {
@@ -217,11 +221,14 @@ fn scale_shift_planes(
             )
         };
         let inner = match pool {
-            None => map(b, h * w, out, plane.clone() * (h * w), |at| f(at, vec![])),
+            None => map_lanes(b, h * w, out, plane.clone() * (h * w), lanes, |at| {
+                f(at, vec![])
+            }),
             Some(p) => {
                 let (oh, ow) = p.out_hw(h, w);
                 let src = |_, _, ih: Idx, iw, guards| f(ih * w + iw, guards);
                 let dst = |_, y: Idx, x| (out, (plane.clone() * oh + y) * ow + x);
+                // The window reads computed values, not loads: no pair sums, four lanes.
                 pool_plane(b, &p, (h, w), 1, 4, src, dst, |_, _, _, _, _| vec![])
             }
         };
