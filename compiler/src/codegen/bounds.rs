@@ -294,7 +294,7 @@ impl Exec<'_> {
                 self.val(b)?;
                 self.val(c)
             }
-            Val::Exp(x) | Val::ExpNeg(x) => self.val(x),
+            Val::Exp(x) | Val::ExpNeg(x) | Val::LowHalf(x) | Val::HighHalf(x) => self.val(x),
             Val::Splatted { buf, idx } => {
                 let i = self.eval(idx, 0)?;
                 let n = self.lanes() as i64;

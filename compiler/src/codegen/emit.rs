@@ -255,8 +255,9 @@ impl Emitter<'_, '_> {
             Stmt::Set { reg, val } => {
                 let x = self.val(val)?;
                 let elem = self.const_of(&reg.elem)?;
-                let ty = self.fty();
-                let wide = self.lanes;
+                // The value's own lanes: those of the loop, or four for a half of eight.
+                let ty = self.b.func.dfg.value_type(x);
+                let wide = i64::from(ty.lane_count());
                 let var = match self.regs.get(&(reg.id, elem, wide)) {
                     Some(&v) => v,
                     None => {
@@ -827,7 +828,8 @@ impl Emitter<'_, '_> {
                     .reg_width
                     .get(&(*id, elem))
                     .ok_or_else(|| self.bad("read of an unset register"))?;
-                if wide > 1 && wide != self.lanes {
+                let half = wide == 4 && self.lanes == 8;
+                if wide > 1 && wide != self.lanes && !half {
                     return Err(self.bad("vector register read outside its vector loop"));
                 }
                 let x = self.b.use_var(self.regs[&(*id, elem, wide)]);
@@ -887,6 +889,17 @@ impl Emitter<'_, '_> {
             Val::Positive(x) => {
                 let x = self.val(x)?;
                 math::positive(self.b, &mut consts(&mut self.frames), x)
+            }
+            Val::LowHalf(x) | Val::HighHalf(x) => {
+                if self.lanes != 8 {
+                    return Err(self.bad("a half of a vector outside a Wide loop"));
+                }
+                let x = self.val(x)?;
+                if matches!(v, Val::LowHalf(_)) {
+                    self.b.ins().x86_lowhalf256(x)
+                } else {
+                    self.b.ins().x86_highhalf256(x)
+                }
             }
             Val::Splatted { buf, idx } => {
                 if self.vec() && self.stride(idx)? != Some(0) {

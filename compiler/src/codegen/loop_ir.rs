@@ -223,6 +223,14 @@ pub enum Val {
         /// The element index, typically `base + x / 2` for the vector variable `x`.
         idx: Idx,
     },
+    /// The low four lanes of an eight-lane value, as a four-lane value: only in a `Wide`
+    /// loop, for a four-lane register that sums the halves of eight-lane values in the order
+    /// four lanes would (low half, then high half), so that a reduction keeps its bits at
+    /// either width. Such a register may be set and read inside the `Wide` loop and stored
+    /// (four floats, though the bounds checker counts eight).
+    LowHalf(Box<Val>),
+    /// The high four lanes of an eight-lane value (see [`Val::LowHalf`]).
+    HighHalf(Box<Val>),
     /// `1` where `x > 0`, else `0` (also for NaN): the derivative of ReLU.
     Positive(Box<Val>),
     /// An index value converted to float.

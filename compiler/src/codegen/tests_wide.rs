@@ -238,12 +238,46 @@ fn wide_kernels_match_narrow_bit_for_bit() {
                 }),
             )),
         },
+        // The pool and activation backward with its sums: on eight lanes where vectors
+        // of eight cover the rows (24 and 8 columns), summed in four-lane order.
         KernelSpec::PoolActBack {
             c: 6,
             h: 24,
             w: 24,
             act: Activation::Sigmoid,
             pool: Some(AVG2),
+            bn: true,
+        },
+        KernelSpec::PoolActBack {
+            c: 6,
+            h: 24,
+            w: 24,
+            act: Activation::Sigmoid,
+            pool: Some(AVG2),
+            bn: false,
+        },
+        KernelSpec::PoolActBack {
+            c: 16,
+            h: 8,
+            w: 8,
+            act: Activation::Relu,
+            pool: Some(AVG2),
+            bn: true,
+        },
+        KernelSpec::PoolActBack {
+            c: 3,
+            h: 13,
+            w: 12,
+            act: Activation::Tanh,
+            pool: Some(AVG2),
+            bn: false,
+        },
+        KernelSpec::PoolActBack {
+            c: 4,
+            h: 9,
+            w: 16,
+            act: Activation::Tanh,
+            pool: None,
             bn: true,
         },
         // The memory-bound kernels: elementwise maps with tails, pooling in both forms.

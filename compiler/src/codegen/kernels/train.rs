@@ -133,11 +133,32 @@ pub(super) fn lane_sums(
     lanes: Buf,
     inner: Vec<Stmt>,
 ) -> Vec<Stmt> {
+    lane_sums_n(j, r, chains, lanes, 4, inner)
+}
+
+/// [`lane_sums`] whose loop over `j` has `width` lanes: on eight (a `Wide` loop, `lanes`
+/// then 16 floats for the bounds checker, which counts a four-float store as eight) the
+/// registers hold four lanes, and `inner` adds each eight-lane value to them as its low
+/// half, then its high half ([`Val::LowHalf`]), so the sums see the values in the order the
+/// four-lane loop gives them.
+pub(super) fn lane_sums_n(
+    j: IVar,
+    r: [u32; 2],
+    chains: usize,
+    lanes: Buf,
+    width: usize,
+    inner: Vec<Stmt>,
+) -> Vec<Stmt> {
+    let zero = if width == 8 {
+        Val::LowHalf(Box::new(Val::Const(0.0)))
+    } else {
+        Val::Const(0.0)
+    };
     let mut body: Vec<Stmt> = (0..chains)
         .flat_map(|k| {
             r.map(|r| Stmt::Set {
                 reg: reg(r, k),
-                val: Val::Const(0.0),
+                val: zero.clone(),
             })
         })
         .collect();
@@ -145,7 +166,7 @@ pub(super) fn lane_sums(
     body.push(store(lanes, v(j), chain_total(r[0], chains)));
     body.push(store(lanes, v(j) + 4usize, chain_total(r[1], chains)));
     vec![
-        on_lanes(j, body),
+        on_lanes_n(j, width, body),
         set(r[0], lane_sum(lanes, 0)),
         set(r[1], lane_sum(lanes, 4)),
     ]

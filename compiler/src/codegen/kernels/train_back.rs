@@ -14,7 +14,7 @@
 //! each image's sums are its own values.
 
 use super::simple::{map, per_image};
-use super::train::{get, lane_sums, on_lanes_n, set, store};
+use super::train::{get, lane_sums_n, on_lanes_n, set, store};
 use crate::codegen::loop_ir::{
     Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, split, v,
 };
@@ -33,7 +33,7 @@ pub(super) fn lower(index: usize, spec: &KernelSpec, width: Width) -> Kernel {
             act,
             pool,
             bn,
-        } => pool_act_back(index, c, (h, w), act, pool, bn),
+        } => pool_act_back(index, c, (h, w), act, pool, bn, width),
         KernelSpec::BnBackDx { c, h, w, back } => bn_back_dx(index, c, (h, w), back, width),
         _ => unreachable!("not a backward spec"),
     }
@@ -269,6 +269,7 @@ fn pool_act_back(
     act: Activation,
     pool: Option<Pool2d>,
     bn: bool,
+    width: Width,
 ) -> Kernel {
     let mut params = 0;
     let mut take = || {
@@ -320,26 +321,44 @@ fn pool_act_back(
         per_image(&mut b, |b, n| {
             let ch = b.var();
             let p = Plane { n, ch, c, h, w };
-            let (s1, s2) = (b.reg(), b.reg());
-            let lanes = b.local(8);
+            let (s1, s2, pr) = (b.reg(), b.reg(), b.reg());
+            // Eight lanes where whole vectors of eight cover each row's columns: the sums
+            // then take each vector's low half, then its high half, which is the order
+            // four lanes give them (so the same bits at either width).
+            let wide = src.wide(width) == 8 && p.covered(src.pool).1.is_multiple_of(8);
+            let width = if wide { 8 } else { 4 };
+            let lanes = b.local(2 * width);
+            let halves = |x: Val| -> Vec<Val> {
+                if wide {
+                    vec![
+                        Val::LowHalf(Box::new(x.clone())),
+                        Val::HighHalf(Box::new(x)),
+                    ]
+                } else {
+                    vec![x]
+                }
+            };
             let inside = |dy: Val, at: Idx| {
                 let mut s = Vec::new();
                 if let Some(out) = out {
                     s.push(store(out, at.clone(), dy.clone()));
                 }
-                s.push(set(s1, get(s1) + dy.clone()));
+                for h in halves(dy.clone()) {
+                    s.push(set(s1, get(s1) + h));
+                }
                 if let Some(prod) = dy_xhat(dy, at, v(ch)) {
-                    s.push(set(s2, prod + get(s2)));
+                    s.push(set(pr, prod));
+                    for h in halves(get(pr)) {
+                        s.push(set(s2, h + get(s2)));
+                    }
                 }
                 s
             };
             // Pixels outside every window get no gradient.
             let zero = out.map(|out| move |at: Idx| store(out, at, Val::Const(0.0)));
             let outside = zero.as_ref().map(|f| f as &dyn Fn(Idx) -> Stmt);
-            // Four lanes at any width: the per-lane sums of eight would add in another
-            // order, and the gradients would change bits with the vector width.
-            let mut inner = src.walk(b, &p, 4, inside, outside, |j, rows_cols| {
-                lane_sums(j, [s1, s2], 1, lanes, vec![rows_cols])
+            let mut inner = src.walk(b, &p, width, inside, outside, |j, rows_cols| {
+                lane_sums_n(j, [s1, s2], 1, lanes, width, vec![rows_cols])
             });
             let at = v(n) * nsums + v(ch);
             inner.push(store(sums, at.clone(), get(s1)));
