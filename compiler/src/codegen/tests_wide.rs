@@ -303,6 +303,35 @@ fn wide_kernels_match_narrow_bit_for_bit() {
             pool: None,
             bn: true,
         },
+        // Dense layers' backward: features on the lanes, 120 and 84 (a four-lane rest).
+        KernelSpec::PoolActBack {
+            c: 120,
+            h: 1,
+            w: 1,
+            act: Activation::Sigmoid,
+            pool: None,
+            bn: true,
+        },
+        KernelSpec::PoolActBack {
+            c: 84,
+            h: 1,
+            w: 1,
+            act: Activation::Relu,
+            pool: None,
+            bn: false,
+        },
+        KernelSpec::BnBackDx {
+            c: 84,
+            h: 1,
+            w: 1,
+            back: Some((Activation::Sigmoid, None)),
+        },
+        KernelSpec::BnBackDx {
+            c: 29,
+            h: 1,
+            w: 1,
+            back: None,
+        },
         // The memory-bound kernels: elementwise maps with tails, pooling in both forms.
         KernelSpec::Pool {
             c: 6,

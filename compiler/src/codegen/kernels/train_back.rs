@@ -13,10 +13,10 @@
 //! One value per channel (a dense layer) puts the channels on the lanes instead, and then
 //! each image's sums are its own values.
 
-use super::simple::{map, per_image};
+use super::simple::{map_lanes, per_image};
 use super::train::{get, lane_sums_n, on_lanes_n, set, store};
 use crate::codegen::loop_ir::{
-    Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, split, v,
+    Buf, IVar, Idx, Kernel, KernelBuilder, LoopKind, Stmt, Val, for_, split_lanes, v,
 };
 use crate::codegen::{Activation, KernelSpec, Pool2d, Width};
 
@@ -299,23 +299,35 @@ fn pool_act_back(
     let body = if h * w == 1 && pool.is_none() {
         // One value per channel: channels on the lanes; each image's sums are its own `dy`
         // and `dy·x̂`.
+        let steps: &[usize] = if width == Width::F32x8 {
+            &[8, 4, 1]
+        } else {
+            &[4, 1]
+        };
         per_image(&mut b, |b, n| {
-            split(b, 0usize.into(), c.into(), &[4, 1], true, |b, ch, _| {
-                let (dy, a) = (b.reg(), b.reg());
-                let at = v(n) * c + v(ch);
-                let mut s = vec![
-                    set(a, Val::load(src.saved, at.clone())),
-                    set(dy, act_back(Val::load(src.grad, at.clone()), get(a), act)),
-                    store(sums, v(n) * nsums + v(ch), get(dy)),
-                ];
-                if let Some(out) = out {
-                    s.push(store(out, at.clone(), get(dy)));
-                }
-                if let Some(p) = dy_xhat(get(dy), at, v(ch)) {
-                    s.push(store(sums, v(n) * nsums + v(ch) + c, p));
-                }
-                s
-            })
+            split_lanes(
+                b,
+                0usize.into(),
+                c.into(),
+                steps,
+                width.lanes(),
+                |b, ch, _| {
+                    let (dy, a) = (b.reg(), b.reg());
+                    let at = v(n) * c + v(ch);
+                    let mut s = vec![
+                        set(a, Val::load(src.saved, at.clone())),
+                        set(dy, act_back(Val::load(src.grad, at.clone()), get(a), act)),
+                        store(sums, v(n) * nsums + v(ch), get(dy)),
+                    ];
+                    if let Some(out) = out {
+                        s.push(store(out, at.clone(), get(dy)));
+                    }
+                    if let Some(p) = dy_xhat(get(dy), at, v(ch)) {
+                        s.push(store(sums, v(n) * nsums + v(ch) + c, p));
+                    }
+                    s
+                },
+            )
         })
     } else {
         per_image(&mut b, |b, n| {
@@ -432,14 +444,14 @@ fn bn_back_dx(
                 _ => Val::load(grad, at),
             };
             if hw == 1 {
-                return map(b, c, out, v(n) * c, |ch| {
+                return map_lanes(b, c, out, v(n) * c, width.lanes(), |ch| {
                     let at = v(n) * c + ch.clone();
                     dz(dy(at.clone()), at, ch)
                 });
             }
             let ch = b.var();
             let base = (v(n) * c + v(ch)) * hw;
-            let inner = map(b, hw, out, base.clone(), |at| {
+            let inner = map_lanes(b, hw, out, base.clone(), width.lanes(), |at| {
                 let at = base.clone() + at;
                 dz(dy(at.clone()), at, v(ch))
             });
