@@ -4,7 +4,7 @@
 //! where the CPU has AVX2) against the reference. Also: the emitter refuses per-lane code
 //! in a `Wide` loop instead of miscompiling it.
 
-use super::loop_ir::{Buf, KernelBuilder, LoopKind, Stmt, Val, v};
+use super::loop_ir::{Buf, Guard, KernelBuilder, LoopKind, Stmt, Val, for_, v};
 use super::tests::{Lcg, elementwise_lanes, random_inputs};
 use super::*;
 
@@ -448,4 +448,67 @@ fn wide_loops_refuse_per_lane_code() {
     };
     let err = JitKernels::build(vec![(spec, kernel)], false).unwrap_err();
     assert!(err.to_string().contains("a gather in a Wide loop"), "{err}");
+}
+
+/// A guard that does not move with the lanes (a row index, say) holds on all eight lanes or
+/// none: the `Wide` loop loads a vector where it holds and zero where not, as four lanes do.
+#[test]
+fn lane_invariant_guards_on_eight_lanes() {
+    if !wide_host() {
+        return;
+    }
+    let (rows, cols) = (5usize, 16usize);
+    let x: Vec<f32> = (0..rows * cols).map(|i| i as f32 + 0.5).collect();
+    let mut outs = Vec::new();
+    for lanes in [4usize, 8] {
+        let mut b = KernelBuilder::new();
+        let (r, i) = (b.var(), b.var());
+        let guarded = Val::Load {
+            buf: Buf::Param(0),
+            idx: v(r) * cols + v(i),
+            guards: vec![Guard {
+                coord: v(r) * 1usize,
+                lo: 1,
+                hi: 3,
+            }],
+        };
+        let body = vec![for_(
+            r,
+            0usize,
+            rows,
+            LoopKind::Serial,
+            vec![Stmt::Loop {
+                var: i,
+                lo: 0usize.into(),
+                hi: cols.into(),
+                step: lanes as i64,
+                kind: LoopKind::vector(lanes),
+                body: vec![Stmt::Store {
+                    buf: Buf::Param(1),
+                    idx: v(r) * cols + v(i),
+                    val: guarded.clone(),
+                }],
+            }],
+        )];
+        let kernel = b.finish("guarded".into(), 2, body);
+        let spec = KernelSpec::Unary {
+            len: rows * cols,
+            act: Activation::None,
+        };
+        let jit = JitKernels::build(vec![(spec, kernel)], false).expect("compiles");
+        let mut out = vec![f32::NAN; rows * cols];
+        jit.run(0, &[&x], &mut out, 1).expect("buffers fit");
+        outs.push(out);
+    }
+    let want: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            if (1..3).contains(&(i / cols)) {
+                x[i]
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    assert_eq!(outs[0], want);
+    assert_eq!(outs[1], want);
 }
