@@ -429,7 +429,13 @@ fn bn_back_dx(
                 let p = Plane { n, ch, c, h, w };
                 let inside = |dy: Val, at: Idx| vec![store(out, at.clone(), dz(dy, at, v(ch)))];
                 let outside = |at: Idx| store(out, at.clone(), dz(Val::Const(0.0), at, v(ch)));
-                let lanes = src.wide(width);
+                // Eight lanes only where vectors of eight cover each row's columns: a rest
+                // would run as scalars.
+                let lanes = if p.covered(src.pool).1.is_multiple_of(8) {
+                    src.wide(width)
+                } else {
+                    4
+                };
                 let inner = src.walk(b, &p, lanes, inside, Some(&outside), |j, rows_cols| {
                     vec![on_lanes_n(j, lanes, vec![rows_cols])]
                 });
