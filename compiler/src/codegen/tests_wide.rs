@@ -78,6 +78,57 @@ fn conv(
     }
 }
 
+/// `spec` (a `Conv2d`) with stride 2 and `groups` groups.
+fn strided(spec: KernelSpec, groups: usize) -> KernelSpec {
+    let KernelSpec::Conv2d {
+        c_in,
+        h,
+        w,
+        c_out,
+        kernel,
+        padding,
+        epi,
+        ..
+    } = spec
+    else {
+        unreachable!("a Conv2d")
+    };
+    KernelSpec::Conv2d {
+        c_in,
+        h,
+        w,
+        c_out,
+        kernel,
+        stride: [2, 2],
+        padding,
+        groups,
+        epi,
+    }
+}
+
+/// A training convolution's forward, stride 1.
+fn train_conv(
+    c_in: usize,
+    hw: [usize; 2],
+    c_out: usize,
+    k: usize,
+    pad: usize,
+    bias: bool,
+    stats: bool,
+) -> KernelSpec {
+    KernelSpec::TrainConv2d {
+        c_in,
+        h: hw[0],
+        w: hw[1],
+        c_out,
+        kernel: [k, k],
+        stride: [1, 1],
+        padding: [pad, pad],
+        bias,
+        stats,
+    }
+}
+
 /// LeNet's convolutions and dense layers, rows and feature counts that leave tails (an
 /// overlapping last vector, a four-lane rest, scalars), padding with and without the
 /// bordered copy, every epilogue part, and the training forwards with their statistics.
@@ -104,29 +155,9 @@ fn wide_kernels_match_narrow_bit_for_bit() {
         // Too large for the bordered copy: guarded taps, which stay on four lanes.
         conv(4, [70, 70], 3, 3, 1, relu),
         conv(3, [6, 6], 2, 3, 0, Epilogue::NONE),
-        KernelSpec::Conv2d {
-            c_in: 4,
-            h: 11,
-            w: 11,
-            c_out: 6,
-            kernel: [3, 3],
-            stride: [2, 2],
-            padding: [0, 0],
-            groups: 2,
-            epi: relu,
-        },
+        strided(conv(4, [11, 11], 6, 3, 0, relu), 2),
         // A column stride: gathers, so the rows stay on four lanes.
-        KernelSpec::Conv2d {
-            c_in: 2,
-            h: 41,
-            w: 41,
-            c_out: 3,
-            kernel: [3, 3],
-            stride: [2, 2],
-            padding: [0, 0],
-            groups: 1,
-            epi: tanh_ss,
-        },
+        strided(conv(2, [41, 41], 3, 3, 0, tanh_ss), 1),
         KernelSpec::Dense {
             in_f: 256,
             out_f: 120,
@@ -154,51 +185,11 @@ fn wide_kernels_match_narrow_bit_for_bit() {
             out_f: 29,
             epi: relu,
         },
-        KernelSpec::TrainConv2d {
-            c_in: 1,
-            h: 28,
-            w: 28,
-            c_out: 6,
-            kernel: [5, 5],
-            stride: [1, 1],
-            padding: [0, 0],
-            bias: false,
-            stats: true,
-        },
+        train_conv(1, [28, 28], 6, 5, 0, false, true),
         // Statistics on eight lanes (8 x 8 and 24 x 24 planes) and on four (6 x 6).
-        KernelSpec::TrainConv2d {
-            c_in: 6,
-            h: 12,
-            w: 12,
-            c_out: 16,
-            kernel: [5, 5],
-            stride: [1, 1],
-            padding: [0, 0],
-            bias: false,
-            stats: true,
-        },
-        KernelSpec::TrainConv2d {
-            c_in: 2,
-            h: 10,
-            w: 10,
-            c_out: 3,
-            kernel: [5, 5],
-            stride: [1, 1],
-            padding: [0, 0],
-            bias: false,
-            stats: true,
-        },
-        KernelSpec::TrainConv2d {
-            c_in: 3,
-            h: 10,
-            w: 10,
-            c_out: 4,
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: [1, 1],
-            bias: true,
-            stats: false,
-        },
+        train_conv(6, [12, 12], 16, 5, 0, false, true),
+        train_conv(2, [10, 10], 3, 5, 0, false, true),
+        train_conv(3, [10, 10], 4, 3, 1, true, false),
         KernelSpec::TrainDense {
             in_f: 256,
             out_f: 120,
